@@ -1,0 +1,46 @@
+# The two commands a new user needs:
+#   make serve   set up, materialize the base model, train if no model exists, serve
+#   make test    set up and run the whole test suite
+# Each one creates or updates the virtual environment itself.
+
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+# Tests and CI never touch the network or the user's stores.
+TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 BENTOML_DO_NOT_TRACK=True TOKENIZERS_PARALLELISM=false
+
+.PHONY: install serve test lint format constraints clean
+
+install: $(STAMP)
+
+# torch first and exactly 2.13.0: it takes the CPU wheel on the machine; anything else pulls CUDA.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+serve: install
+	$(VENV)/bin/stance base-model
+
+test: install
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src train tests
+	$(VENV)/bin/ruff format --check src train tests
+
+format: install
+	$(VENV)/bin/ruff check --fix src train tests
+	$(VENV)/bin/ruff format src train tests
+
+# Refresh the lock after changing dependencies (keeps torch at the CPU build).
+constraints: install
+	(echo "# A pip freeze of a known-good environment (Python 3.11, CPU torch). Used as -c constraints"; \
+	 echo "# so that a fresh install resolves in one step. Regenerate with: make constraints"; \
+	 $(PY) -m pip freeze --exclude-editable | grep -v '^-e' | sort -f) > constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
