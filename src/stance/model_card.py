@@ -1,0 +1,128 @@
+"""The model card (`README.md` of a model directory), written from the training run's own files.
+
+It reads `stance.json` (labels, training configuration), `metrics.json` (evaluation),
+and, when present, `baseline.json` (TF-IDF baseline on the same splits) and
+`crosslingual.json` (train on English, evaluate per language). Re-run
+:func:`write_model_card` after adding either of those.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from stance.evaluation import report_markdown
+from stance.labels import HEADS
+
+
+def _read(folder: Path, name: str) -> dict | None:
+    path = folder / name
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def write_model_card(model_dir: Path) -> Path:
+    """Write `README.md` into `model_dir` from the files the training run left there."""
+    model_dir = Path(model_dir)
+    config = _read(model_dir, "stance.json") or {}
+    metrics = _read(model_dir, "metrics.json") or {}
+    baseline = _read(model_dir, "baseline.json")
+    crosslingual = _read(model_dir, "crosslingual.json")
+    training = config.get("training", {})
+    labels = config.get("labels", {})
+    lines = [
+        "---",
+        "license: mit",
+        "library_name: stance",
+        "pipeline_tag: text-classification",
+        "---",
+        "",
+        "# stance sentence classifier",
+        "",
+        "Labels every sentence of a news article with a **claim type** and a **stance**, in one forward "
+        "pass of a shared encoder with two linear heads on the mean-pooled token vectors.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| base model | `{config.get('base_model', '?')}` |",
+        f"| claim types | {', '.join(labels.get('claim_type', []))} |",
+        f"| stances | {', '.join(labels.get('stance', []))} |",
+        f"| input prefix | `{config.get('input_prefix', '')!r}` |",
+        f"| max length | {config.get('max_length')} tokens (longer sentences are truncated and flagged) |",
+        f"| training sentences | {config.get('train_size')} |",
+        f"| training time | {metrics.get('training_seconds')} s |",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import stance",
+        'predictor = stance.load("path/to/this/folder")',
+        'predictor.predict(["The ministry dismissed the reports as a fabrication."])',
+        "```",
+        "",
+        "## Data",
+        "",
+        f"Trained on {', '.join(map(str, training.get('data', [])))} (see its datasheet, `data/README.md`): "
+        "news-register sentences in en, ru, uk, ar, fr, de, es, tr, derived from a seed article on a UN "
+        "Security Council exchange over Syria and written for other conflicts; splits by group, the seed "
+        "article and its translations in test only.",
+        "",
+        "## Evaluation",
+        "",
+    ]
+    for split in ("test", "validation"):
+        if split in metrics:
+            lines.append(report_markdown(metrics[split], f"{split} split"))
+    if baseline:
+        lines += [
+            "## Baseline: TF-IDF + logistic regression, same splits",
+            "",
+            "| head | split | baseline macro-F1 | this model | difference |",
+            "|---|---|---|---|---|",
+        ]
+        for split in ("test", "validation"):
+            if split in metrics and split in baseline:
+                for head in HEADS:
+                    ours = metrics[split]["heads"][head]["macro_f1"]
+                    theirs = baseline[split]["heads"][head]["macro_f1"]
+                    lines.append(f"| {head} | {split} | {theirs:.3f} | {ours:.3f} | {100 * (ours - theirs):+.1f} pts |")
+        lines.append("")
+    if crosslingual:
+        lines += ["## Cross-lingual transfer: trained on English only, test split per language", ""]
+        lines += ["| lang | n | claim_type macro-F1 | stance macro-F1 |", "|---|---|---|---|"]
+        heads = crosslingual["heads"]
+        for lang, scores in heads["claim_type"]["per_language"].items():
+            stance = heads["stance"]["per_language"][lang]
+            lines.append(f"| {lang} | {scores['n']} | {scores['macro_f1']:.3f} | {stance['macro_f1']:.3f} |")
+        lines.append("")
+    lines += [
+        "## Limits",
+        "",
+        "- The corpus is synthetic news prose written for this project; real articles are messier "
+        "(page furniture, long quotes, mixed languages). Expect lower scores on them.",
+        "- One label per sentence: sentences that mix claims take the type of their main clause.",
+        "- Languages outside the eight of the corpus work only through the encoder's transfer.",
+        "- Labels describe what a sentence does, not whether it is true.",
+        "",
+        "## Reproduce",
+        "",
+        "```bash",
+        "python train/train.py " + " ".join(_flags(training)),
+        "python train/baseline.py --model-dir <this folder>",
+        "```",
+        "",
+    ]
+    path = model_dir / "README.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _flags(training: dict) -> list[str]:
+    flags = []
+    for key, value in training.items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            flags.append(f"--{key} " + " ".join(map(str, value)))
+        else:
+            flags.append(f"--{key} {value}")
+    return flags
