@@ -29,12 +29,12 @@ test: install
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check src train tests
-	$(VENV)/bin/ruff format --check src train tests
+	$(VENV)/bin/ruff check src train tests bento_service.py
+	$(VENV)/bin/ruff format --check src train tests bento_service.py
 
 format: install
-	$(VENV)/bin/ruff check --fix src train tests
-	$(VENV)/bin/ruff format src train tests
+	$(VENV)/bin/ruff check --fix src train tests bento_service.py
+	$(VENV)/bin/ruff format src train tests bento_service.py
 
 # Refresh the lock after changing dependencies (keeps torch at the CPU build).
 constraints: install

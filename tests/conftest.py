@@ -123,3 +123,9 @@ def tiny_trained_model(tiny_base_model: Path, tmp_path_factory: pytest.TempPathF
         max_length=32,
     )
     return train(args)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    import shutil
+
+    shutil.rmtree(_SCRATCH, ignore_errors=True)

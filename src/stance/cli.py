@@ -112,6 +112,46 @@ def _predict_inputs(sentences: tuple[str, ...], input_path: Path | None) -> list
     return records
 
 
+@main.command("import-model")
+@click.argument("model_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--name", default="stance", show_default=True, help="Model name in the BentoML store.")
+def import_model_command(model_dir: Path, name: str) -> None:
+    """Import a trained model directory into the BentoML model store; prints its tag."""
+    from stance.bento_store import import_model
+
+    click.echo(import_model(model_dir, name))
+
+
+@main.command("serve")
+@click.option(
+    "--model",
+    "model",
+    default=None,
+    help=f"Model directory or BentoML model tag [default: $STANCE_MODEL, else {DEFAULT_MODEL_DIR} if it exists, "
+    "else stance:latest].",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=3000, show_default=True, type=int)
+def serve(model: str | None, host: str, port: int) -> None:
+    """Start the HTTP service (BentoML): POST /classify and /classify_article, docs at /."""
+    import os
+
+    model = model or os.environ.get("STANCE_MODEL") or (DEFAULT_MODEL_DIR if Path(DEFAULT_MODEL_DIR).is_dir() else None)
+    env = dict(os.environ)
+    if model and Path(model).is_dir():
+        from stance.model import read_model_config
+
+        read_model_config(Path(model))  # a clear error now rather than in a worker
+        env["STANCE_MODEL_DIR"] = str(Path(model).resolve())
+    else:
+        env.pop("STANCE_MODEL_DIR", None)
+        env["STANCE_MODEL_TAG"] = model or "stance:latest"
+    bentoml_cli = str(Path(sys.executable).with_name("bentoml"))
+    command = [bentoml_cli, "serve", "stance.service:Stance", "--host", host, "--port", str(port)]
+    click.echo(f"serving {model or 'stance:latest'} on http://{host}:{port} (docs at /, health at /readyz)", err=True)
+    os.execve(bentoml_cli, command, env)
+
+
 @main.group("data", cls=_Group)
 def data_group() -> None:
     """Validate, split and count annotated corpora."""
