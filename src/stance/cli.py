@@ -112,6 +112,60 @@ def _predict_inputs(sentences: tuple[str, ...], input_path: Path | None) -> list
     return records
 
 
+@main.command("score")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Rows file.")
+@model_option
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet"]), help="Default: from --output.")
+@click.option("--errors", type=click.Path(dir_okay=False, path_type=Path), help="Default: OUTPUT.errors.jsonl.")
+@click.option("--summary", type=click.Path(dir_okay=False, path_type=Path), help="Per-article summary (JSONL).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run with the same inputs.")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--chunk-sentences", default=1024, show_default=True, help="Sentences scored per chunk.")
+@click.option("--id-field", default="id", show_default=True)
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--title-field", default="title", show_default=True)
+@click.option("--date-field", default="date", show_default=True)
+@click.option("--url-field", default="url", show_default=True)
+@click.option("--lang-field", default="lang", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def score_command(
+    inputs: tuple[str, ...],
+    output: Path,
+    model_dir: Path,
+    fmt: str | None,
+    errors: Path | None,
+    summary: Path | None,
+    resume: bool,
+    overwrite: bool,
+    chunk_sentences: int,
+    id_field: str,
+    text_field: str,
+    title_field: str,
+    date_field: str,
+    url_field: str,
+    lang_field: str,
+    quiet: bool,
+) -> None:
+    """Label every sentence of every article in INPUTS (files, folders, globs).
+
+    Reads JSONL, CSV, Parquet and folders of .txt/.md/.html files, any of them gzipped.
+    Writes one row per sentence; records that cannot be scored go to the errors file.
+    Exit status 0 when every record was scored, 1 when some failed, 2 on a usage error.
+    """
+    from stance.score import ScoreOptions, score
+    from stance.sources import FieldNames
+
+    names = FieldNames(id_field, text_field, title_field, date_field, url_field, lang_field)
+    options = ScoreOptions(output, fmt, errors, summary, resume, overwrite, chunk_sentences, names)
+    stats = score(list(inputs), model_dir, options, progress=not quiet)
+    click.echo(f"done: {stats.line()}", err=True)
+    click.echo(
+        f"rows: {output}; errors: {options.errors_path()}" + (f"; summary: {summary}" if summary else ""), err=True
+    )
+    sys.exit(1 if stats.errors else 0)
+
+
 @main.command("import-model")
 @click.argument("model_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--name", default="stance", show_default=True, help="Model name in the BentoML store.")
@@ -167,6 +221,15 @@ def data_validate(data_dir: Path, write_datasheet: bool) -> None:
     records, tables = validate_data_dir(data_dir, write_datasheet=write_datasheet)
     click.echo(tables)
     click.echo(f"ok: {len(records)} records in {data_dir} pass every rule", err=True)
+
+
+@data_group.command("agreement")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data"), show_default=True)
+def data_agreement(data_dir: Path) -> None:
+    """Cohen's kappa per head between the corpus labels and the blind second pass (DATA_DIR/agreement)."""
+    from stance.data import agreement, agreement_table
+
+    click.echo(agreement_table(agreement(data_dir / "agreement")))
 
 
 @data_group.command("split")

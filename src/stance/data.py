@@ -294,6 +294,56 @@ def sync_datasheet(datasheet: Path, tables: str, write: bool) -> bool:
     return write or updated == text
 
 
+def agreement(folder: Path) -> dict:
+    """Cohen's kappa per head between the first labels of a sample and a blind second pass.
+
+    `folder` holds `first_pass.jsonl` (id, lang, text and the labels before adjudication)
+    and `second_pass.jsonl` (id and the second annotator's labels).
+    """
+    from sklearn.metrics import cohen_kappa_score
+
+    first = {str(r["id"]): r for r in read_records(Path(folder) / "first_pass.jsonl")}
+    second = {str(r["id"]): r for r in read_records(Path(folder) / "second_pass.jsonl")}
+    if set(first) != set(second):
+        raise StanceError(f"{folder}: the first and second passes label different sentences")
+    ids = sorted(first)
+    result: dict = {"n": len(ids), "languages": dict(Counter(str(first[i]["lang"]) for i in ids))}
+    for head in HEADS:
+        a, b = [str(first[i][head]) for i in ids], [str(second[i][head]) for i in ids]
+        result[head] = {
+            "kappa": float(cohen_kappa_score(a, b)),
+            "agreement": sum(x == y for x, y in zip(a, b, strict=True)) / len(ids),
+        }
+    result["disagreements"] = sum(any(first[i][h] != second[i][h] for h in HEADS) for i in ids)
+    return result
+
+
+def agreement_table(result: dict) -> str:
+    """The agreement figures as a Markdown table."""
+    langs = ", ".join(f"{lang} {n}" for lang, n in sorted(result["languages"].items()))
+    lines = [
+        f"Second-annotator sample: {result['n']} sentences ({langs}); "
+        f"{result['disagreements']} disagree on at least one head.",
+        "",
+        "| head | Cohen's kappa | raw agreement |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {h} | {result[h]['kappa']:.3f} | {result[h]['agreement']:.3f} |" for h in HEADS]
+    return "\n".join(lines) + "\n"
+
+
+def check_adjudication(records: Sequence[Record], folder: Path, problems: Problems) -> None:
+    """Every adjudicated label in `folder/adjudication.jsonl` is the label the corpus carries."""
+    by_id = {str(r.get("id")): r for r in records}
+    for decision in read_records(Path(folder) / "adjudication.jsonl"):
+        record = by_id.get(str(decision["id"]))
+        final = decision["final"]
+        if record is None:
+            problems.add(decision.where, "adjudication", f"id {decision['id']!r} is not in the corpus")
+        elif any(record.get(h) != final[h] for h in HEADS):
+            problems.add(record.where, "adjudication", f"labels differ from the adjudication at {decision.where}")
+
+
 def corpus_files(data_dir: Path) -> list[Path]:
     """The corpus files of a data folder: every `*.jsonl` in it."""
     files = sorted(Path(data_dir).glob("*.jsonl"))
@@ -312,8 +362,13 @@ def validate_data_dir(data_dir: Path, write_datasheet: bool = False) -> tuple[li
     schema = load_schema(Path(data_dir) / "labels.json")
     records = [record for path in corpus_files(data_dir) for record in read_records(path)]
     problems = validate_corpus(records, schema)
+    agreement_dir = Path(data_dir) / "agreement"
+    if (agreement_dir / "adjudication.jsonl").is_file():
+        check_adjudication(records, agreement_dir, problems)
     problems.raise_if_any()
     tables = count_tables(records)
+    if (agreement_dir / "second_pass.jsonl").is_file():
+        tables += "\n**Label quality**\n\n" + agreement_table(agreement(agreement_dir))
     if not sync_datasheet(Path(data_dir) / "README.md", tables, write_datasheet):
         raise StanceError(
             f"{data_dir}/README.md: datasheet-stale: its count tables do not match the files; "

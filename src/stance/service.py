@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from typing import Annotated
 
 import bentoml
 from pydantic import AfterValidator, BaseModel, Field
 
-from stance.labels import HEADS
+from stance.summary import summarize
 
 
 def _limit(name: str, default: int) -> int:
@@ -38,7 +37,6 @@ MAX_ARTICLE_CHARS = _limit("STANCE_MAX_ARTICLE_CHARS", 100_000)
 MAX_BODY_BYTES = _limit("STANCE_MAX_BODY_BYTES", 1_048_576)
 MODEL_DIR = os.environ.get("STANCE_MODEL_DIR")
 MODEL_TAG = os.environ.get("STANCE_MODEL_TAG", "stance:latest")
-TOP_CLAIMS = 3
 
 
 def _not_blank(text: str) -> str:
@@ -104,29 +102,6 @@ class ArticleResult(BaseModel):
     summary: ArticleSummary
 
 
-def summarize(sentences: list[ArticleSentence], labels: dict[str, list[str]]) -> ArticleSummary:
-    """Label counts and the strongest accusations and denials of one article."""
-    claim_counts = Counter(s.claim_type.label for s in sentences)
-    stance_counts = Counter(s.stance.label for s in sentences)
-
-    def strongest(label: str) -> list[ClaimRef]:
-        chosen = sorted(
-            (s for s in sentences if s.claim_type.label == label), key=lambda s: -s.claim_type.probabilities[label]
-        )
-        return [ClaimRef(index=s.index, text=s.text, confidence=s.claim_type.probabilities[label]) for s in chosen][
-            :TOP_CLAIMS
-        ]
-
-    return ArticleSummary(
-        sentences=len(sentences),
-        claim_types={label: claim_counts[label] for label in labels["claim_type"]},
-        stances={label: stance_counts[label] for label in labels["stance"]},
-        critical_share=round(stance_counts["critical"] / len(sentences), 4) if sentences else 0.0,
-        top_accusations=strongest("accusation") if "accusation" in labels["claim_type"] else [],
-        top_denials=strongest("denial") if "denial" in labels["claim_type"] else [],
-    )
-
-
 class BodySizeLimit:
     """ASGI middleware: answer 413 to bodies over `max_bytes`, before anything parses them."""
 
@@ -179,9 +154,6 @@ class Stance:
         self.predictor = Predictor(MODEL_DIR or self.model.path)
         self.split_sentences = split_sentences
 
-    def _results(self, texts: list[str]) -> list[SentenceResult]:
-        return [SentenceResult.model_validate(p.to_dict()) for p in self.predictor.predict(texts)]
-
     @bentoml.api(batchable=True, max_batch_size=MAX_SENTENCES, max_latency_ms=100)
     def classify(
         self,
@@ -195,7 +167,7 @@ class Stance:
         ],
     ) -> list[SentenceResult]:
         """Label each sentence with a claim type and a stance, with every label's probability."""
-        return self._results(sentences)
+        return [SentenceResult.model_validate(p.to_dict()) for p in self.predictor.predict(sentences)]
 
     @bentoml.api
     def classify_article(
@@ -213,22 +185,20 @@ class Stance:
         language = lang or guess_language(text)
         sentences = self.split_sentences(text, language)
         with_title = [title] if title and title.strip() else []
-        results = self._results(with_title + [s.text for s in sentences]) if sentences or with_title else []
-        title_result = results.pop(0) if with_title else None
+        predictions = self.predictor.predict(with_title + [s.text for s in sentences])
+        title_prediction = predictions.pop(0) if with_title else None
         article = [
-            ArticleSentence(index=i, start=s.start, end=s.end, **r.model_dump())
-            for i, (s, r) in enumerate(zip(sentences, results, strict=True))
+            ArticleSentence(index=i, start=s.start, end=s.end, **p.to_dict())
+            for i, (s, p) in enumerate(zip(sentences, predictions, strict=True))
         ]
         dateline = article_dateline(text)
         return ArticleResult(
             lang=language,
-            title=title_result,
+            title=SentenceResult.model_validate(title_prediction.to_dict()) if title_prediction else None,
             dateline=dateline.text if dateline else None,
             sentences=article,
-            summary=summarize(article, self.predictor.labels),
+            summary=ArticleSummary.model_validate(summarize(predictions, self.predictor.labels)),
         )
 
 
 Stance.add_asgi_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
-
-__all__ = ["HEADS", "Stance"]

@@ -1,0 +1,113 @@
+"""The corpus validator on the committed data, and each of its rules on broken copies."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from stance.data import assign_splits, read_records, validate_data_dir
+from stance.errors import StanceError
+
+
+def test_committed_corpus_passes_every_rule_and_matches_its_datasheet() -> None:
+    records, tables = validate_data_dir(REPO / "data")
+    assert len(records) >= 4000
+    langs = {str(r["lang"]) for r in records}
+    assert {"en", "ru", "uk", "ar", "fr", "de", "es", "tr"} <= langs
+    for lang in langs:
+        assert sum(r["lang"] == lang for r in records) >= 300, lang
+    assert sum(r["lang"] != "en" for r in records) >= len(records) / 2
+    for label in ("accusation", "denial", "military_report", "diplomatic_statement", "other"):
+        assert sum(r["claim_type"] == label for r in records) >= 500, label
+    for label in ("supportive", "critical", "neutral"):
+        assert sum(r["stance"] == label for r in records) >= 600, label
+        assert sum(r["claim_type"] == "denial" and r["stance"] == label for r in records) > 0
+    assert all(r["split"] == "test" for r in records if str(r["group"]).startswith("seed-"))
+    assert "Cohen's kappa" in tables
+
+
+@pytest.fixture
+def corpus_copy(tmp_path: Path) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in ("labels.json", "README.md", "seed.jsonl"):
+        shutil.copy(REPO / "data" / name, folder / name)
+    lines = (REPO / "data" / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:300]
+    (folder / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    validate_data_dir(folder, write_datasheet=True)
+    return folder
+
+
+def _edit(folder: Path, line: int, change: dict) -> None:
+    path = folder / "corpus.jsonl"
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+    rows[line - 1] = {k: v for k, v in (rows[line - 1] | change).items() if v is not None}
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("change", "rule"),
+    [
+        ({"claim_type": "rumour"}, "unknown-label"),
+        ({"stance": None}, "missing-field"),
+        ({"group": None}, "missing-field"),
+        ({"text": "  "}, "empty-text"),
+        ({"text": "x" * 1001}, "long-text"),
+        ({"text": "two\nlines"}, "newline"),
+        ({"lang": "english"}, "lang"),
+        ({"source": "scraped"}, "source"),
+        ({"split": "dev"}, "split"),
+        ({"id": 7}, "type"),
+    ],
+)
+def test_each_rule_names_file_line_and_rule(corpus_copy: Path, change: dict, rule: str) -> None:
+    _edit(corpus_copy, 5, change)
+    with pytest.raises(StanceError, match=rf"corpus\.jsonl:5: {rule}: "):
+        validate_data_dir(corpus_copy)
+
+
+def test_duplicate_ids_texts_and_groups(corpus_copy: Path) -> None:
+    rows = [json.loads(x) for x in (corpus_copy / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
+    other = next(i for i, r in enumerate(rows) if r["split"] != rows[0]["split"]) + 1
+    _edit(corpus_copy, other, {"id": rows[0]["id"]})
+    with pytest.raises(StanceError, match=rf"corpus\.jsonl:{other}: duplicate-id"):
+        validate_data_dir(corpus_copy)
+    _edit(corpus_copy, other, {"id": "fresh-id", "group": rows[0]["group"]})
+    with pytest.raises(StanceError, match=r"group-split: group .* spans splits"):
+        validate_data_dir(corpus_copy)
+    _edit(corpus_copy, other, {"group": "fresh-group", "text": rows[0]["text"].upper() + " !"})
+    with pytest.raises(StanceError, match=rf"corpus\.jsonl:{other}: duplicate-text: same text \(normalized\)"):
+        validate_data_dir(corpus_copy)
+    long = next(r for r in rows if len(r["text"].split()) >= 15 and r["split"] != rows[other - 1]["split"])
+    words = long["text"].split()
+    near = " ".join([*words[:-1], "yesterday", words[-1]])  # one word added: a near-duplicate
+    _edit(corpus_copy, other, {"text": near})
+    with pytest.raises(StanceError, match="near-duplicate"):
+        validate_data_dir(corpus_copy)
+
+
+def test_stale_datasheet_and_bad_json(corpus_copy: Path) -> None:
+    lines = (corpus_copy / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
+    (corpus_copy / "corpus.jsonl").write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
+    with pytest.raises(StanceError, match="datasheet-stale"):
+        validate_data_dir(corpus_copy)
+    (corpus_copy / "corpus.jsonl").write_text("\n".join([*lines[:9], "{oops"]) + "\n", encoding="utf-8")
+    with pytest.raises(StanceError, match=r"corpus\.jsonl:10: json: not valid JSON"):
+        validate_data_dir(corpus_copy)
+
+
+def test_splits_keep_groups_together_and_pin_the_seed(tmp_path: Path) -> None:
+    records = read_records(REPO / "data" / "corpus.jsonl")
+    for record in records:
+        record.fields.pop("split")
+    assign_splits(records, fractions=(0.8, 0.1, 0.1), seed=3)
+    by_group: dict[str, set[str]] = {}
+    for record in records:
+        by_group.setdefault(str(record["group"]), set()).add(str(record["split"]))
+    assert all(len(splits) == 1 for splits in by_group.values())
+    assert all(splits == {"test"} for group, splits in by_group.items() if group.startswith("seed-"))
+    written = [r for r in records if r["source"] == "written"]
+    share = sum(r["split"] == "train" for r in written) / len(written)
+    assert 0.75 < share < 0.85
