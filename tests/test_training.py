@@ -55,10 +55,10 @@ def test_save_then_load_gives_the_same_probabilities(tiny_base_model: Path, tmp_
     encoded = tokenizer(texts, truncation=True, max_length=32, padding=True, return_tensors="pt")
     with torch.no_grad():
         before = model(**encoded)
-    predictor = Predictor(tmp_path / "m")
+    predictor = Predictor(tmp_path / "m", backend="torch")
     after, _ = predictor.probabilities(texts)
     for head in ("claim_type", "stance"):
-        assert torch.allclose(before[f"{head}_logits"].softmax(-1), after[head], atol=1e-6)
+        assert torch.allclose(before[f"{head}_logits"].softmax(-1), torch.from_numpy(after[head]), atol=1e-6)
 
 
 def test_trained_predictions_match_the_recorded_metrics(tiny_trained_model: Path) -> None:

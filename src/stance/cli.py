@@ -60,14 +60,29 @@ def base_model(cache_dir: Path | None) -> None:
     click.echo(str(materialize(cache_dir=cache_dir)))
 
 
+backend_option = click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "onnx", "onnx-int8"]),
+    default="auto",
+    show_default=True,
+    help="auto: the fastest backend whose parity with torch holds (see export-onnx).",
+)
+
+
 @main.command("predict")
 @click.argument("sentences", nargs=-1)
 @model_option
 @click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path), help="JSONL, 'text' field.")
 @click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path), help="JSONL; default stdout.")
 @click.option("--batch-size", default=32, show_default=True)
+@backend_option
 def predict(
-    sentences: tuple[str, ...], model_dir: Path, input_path: Path | None, output_path: Path | None, batch_size: int
+    sentences: tuple[str, ...],
+    model_dir: Path,
+    input_path: Path | None,
+    output_path: Path | None,
+    batch_size: int,
+    backend: str,
 ) -> None:
     """Label sentences given as arguments, as lines on stdin, or in a JSONL file (--input).
 
@@ -79,7 +94,7 @@ def predict(
     from stance.predict import Predictor
 
     records = _predict_inputs(sentences, input_path)
-    predictor = Predictor(model_dir, batch_size=batch_size)
+    predictor = Predictor(model_dir, batch_size=batch_size, backend=backend)
     predictions = predictor.predict([record["text"] for record in records])
     out = open(output_path, "w", encoding="utf-8") if output_path else sys.stdout  # noqa: SIM115
     try:
@@ -129,6 +144,7 @@ def _predict_inputs(sentences: tuple[str, ...], input_path: Path | None) -> list
 @click.option("--url-field", default="url", show_default=True)
 @click.option("--lang-field", default="lang", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@backend_option
 def score_command(
     inputs: tuple[str, ...],
     output: Path,
@@ -146,6 +162,7 @@ def score_command(
     url_field: str,
     lang_field: str,
     quiet: bool,
+    backend: str,
 ) -> None:
     """Label every sentence of every article in INPUTS (files, folders, globs).
 
@@ -157,7 +174,7 @@ def score_command(
     from stance.sources import FieldNames
 
     names = FieldNames(id_field, text_field, title_field, date_field, url_field, lang_field)
-    options = ScoreOptions(output, fmt, errors, summary, resume, overwrite, chunk_sentences, names)
+    options = ScoreOptions(output, fmt, errors, summary, resume, overwrite, chunk_sentences, names, backend)
     stats = score(list(inputs), model_dir, options, progress=not quiet)
     click.echo(f"done: {stats.line()}", err=True)
     click.echo(
@@ -204,6 +221,37 @@ def serve(model: str | None, host: str, port: int) -> None:
     command = [bentoml_cli, "serve", "stance.service:Stance", "--host", host, "--port", str(port)]
     click.echo(f"serving {model or 'stance:latest'} on http://{host}:{port} (docs at /, health at /readyz)", err=True)
     os.execve(bentoml_cli, command, env)
+
+
+@main.command("export-onnx")
+@click.argument("model_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--data", "data", multiple=True, default=["data"], show_default=True, help="Corpus for the parity check.")
+@click.option("--split", default="test", show_default=True, help="Split whose sentences check parity.")
+def export_onnx(model_dir: Path, data: tuple[str, ...], split: str) -> None:
+    """Export MODEL_DIR to ONNX (fp32 and int8), check parity with torch, record it in onnx.json.
+
+    The int8 graph becomes the default backend only when its labels agree with torch on at
+    least 99% of the sentences and its macro-F1 is within 0.5 points on each head.
+    """
+    from stance.data import load_labelled_splits
+    from stance.labels import HEADS
+    from stance.onnx_export import export_and_check
+
+    splits, _ = load_labelled_splits(list(data), None)
+    records = splits.get(split) or []
+    if not records:
+        raise StanceError(f"no {split} records in {', '.join(data)} to check parity on")
+    texts = [str(r["text"]) for r in records]
+    report = export_and_check(model_dir, texts, {h: [str(r[h]) for r in records] for h in HEADS})
+    for backend in ("onnx", "onnx-int8"):
+        for head in HEADS:
+            entry = report[backend][head]
+            line = f"{backend:10} {head:11} max |Δp| {entry['max_abs_diff']:.2e}"
+            line += f"  labels agree {entry['label_agreement']:.2%}  macro-F1 {entry['macro_f1']:.4f}"
+            click.echo(line + f" (torch {entry['torch_macro_f1']:.4f})")
+    from stance.predict import default_backend
+
+    click.echo(f"default backend for {model_dir}: {default_backend(model_dir)}")
 
 
 @main.group("data", cls=_Group)

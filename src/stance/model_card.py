@@ -27,6 +27,7 @@ def write_model_card(model_dir: Path) -> Path:
     metrics = _read(model_dir, "metrics.json") or {}
     baseline = _read(model_dir, "baseline.json")
     crosslingual = _read(model_dir, "crosslingual.json")
+    onnx = _read(model_dir, "onnx.json")
     training = config.get("training", {})
     labels = config.get("labels", {})
     lines = [
@@ -94,6 +95,25 @@ def write_model_card(model_dir: Path) -> Path:
             stance = heads["stance"]["per_language"][lang]
             lines.append(f"| {lang} | {scores['n']} | {scores['macro_f1']:.3f} | {stance['macro_f1']:.3f} |")
         lines.append("")
+    if onnx:
+        lines += [
+            "## Fast CPU inference (ONNX Runtime)",
+            "",
+            f"`model.onnx` (fp32) and `model-int8.onnx` (dynamic int8) hold the encoder, mean pooling and both "
+            f"heads. Parity with torch on {onnx['n']} sentences of the test split:",
+            "",
+            "| backend | head | max abs prob. difference | labels agree | macro-F1 | torch macro-F1 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for backend in ("onnx", "onnx-int8"):
+            for head in HEADS:
+                e = onnx[backend][head]
+                lines.append(
+                    f"| {backend} | {head} | {e['max_abs_diff']:.1e} | {e['label_agreement']:.2%} | "
+                    f"{e.get('macro_f1', float('nan')):.4f} | {e.get('torch_macro_f1', float('nan')):.4f} |"
+                )
+        default = "onnx-int8" if onnx.get("int8_can_be_default") else ("onnx" if onnx.get("fp32_matches") else "torch")
+        lines += ["", f"Default backend (`--backend auto`): **{default}**.", ""]
     lines += [
         "## Limits",
         "",

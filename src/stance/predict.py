@@ -6,16 +6,19 @@ The HTTP service, `stance predict` and `stance score` are thin shells over
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from stance.errors import StanceError
 from stance.labels import HEADS
-from stance.model import StanceModel
+from stance.model import read_model_config
+
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 
 
 @dataclass
@@ -48,24 +51,84 @@ class Prediction:
         }
 
 
-class Predictor:
-    """A loaded model directory, ready to label sentences in length-sorted batches."""
+def default_backend(model_dir: Path) -> str:
+    """The fastest backend whose parity with torch was measured and holds (see `stance export-onnx`)."""
+    from stance.onnx_export import FP32_FILE, INT8_FILE, REPORT_FILE
 
-    def __init__(self, model_dir: Path | str, batch_size: int = 32, num_threads: int | None = None) -> None:
+    report_path = Path(model_dir) / REPORT_FILE
+    if not report_path.is_file():
+        return "torch"
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    if report.get("int8_can_be_default") and (Path(model_dir) / INT8_FILE).is_file():
+        return "onnx-int8"
+    if report.get("fp32_matches") and (Path(model_dir) / FP32_FILE).is_file():
+        return "onnx"
+    return "torch"
+
+
+class Predictor:
+    """A loaded model directory, ready to label sentences in length-sorted batches.
+
+    `backend` is `torch`, `onnx` (fp32 graph), `onnx-int8`, or `auto`: the fastest
+    backend whose parity with torch holds, as recorded by `stance export-onnx`.
+    `num_threads` defaults to the machine's cores.
+    """
+
+    def __init__(
+        self, model_dir: Path | str, batch_size: int = 32, num_threads: int | None = None, backend: str = "auto"
+    ) -> None:
         from transformers import AutoTokenizer
 
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise StanceError(f"{model_dir}: no such model directory; train one with train/train.py")
-        if num_threads or not torch.get_num_threads():
-            torch.set_num_threads(num_threads or os.cpu_count() or 1)
+        if backend not in BACKENDS:
+            raise StanceError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
         self.model_dir = model_dir
-        self.model, self.config = StanceModel.from_dir(model_dir)
+        self.config = read_model_config(model_dir)
+        self.backend = default_backend(model_dir) if backend == "auto" else backend
+        threads = num_threads or os.cpu_count() or 1
+        self._forward = self._torch_forward(threads) if self.backend == "torch" else self._onnx_forward(threads)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.labels = self.config["labels"]
         self.prefix = self.config.get("input_prefix", "")
         self.max_length = int(self.config.get("max_length", 128))
         self.batch_size = batch_size
+
+    def _torch_forward(self, threads: int):
+        import torch
+
+        from stance.model import StanceModel
+
+        torch.set_num_threads(threads)
+        model, _ = StanceModel.from_dir(self.model_dir)
+
+        def forward(input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+            with torch.inference_mode():
+                outputs = model(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(attention_mask))
+            return {head: outputs[f"{head}_logits"].softmax(dim=-1).numpy() for head in HEADS}
+
+        return forward
+
+    def _onnx_forward(self, threads: int):
+        import onnxruntime as ort
+
+        from stance.onnx_export import FP32_FILE, INT8_FILE
+
+        path = self.model_dir / (INT8_FILE if self.backend == "onnx-int8" else FP32_FILE)
+        if not path.is_file():
+            raise StanceError(f"{path} is missing: run `stance export-onnx {self.model_dir}` first")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # one pool the size of the machine; no nested pools
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+        def forward(input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+            outputs = session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
+            return dict(zip(HEADS, outputs, strict=True))
+
+        return forward
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         """Label every text; the output is in input order whatever the batching did."""
@@ -79,13 +142,10 @@ class Predictor:
                 results[index] = prediction
         return results  # type: ignore[return-value]
 
-    def probabilities(self, texts: Sequence[str]) -> tuple[dict[str, torch.Tensor], list[bool]]:
+    def probabilities(self, texts: Sequence[str]) -> tuple[dict[str, np.ndarray], list[bool]]:
         """Per-head probability matrices (rows in input order) and truncation flags for one batch."""
         encoded = self.encode(texts)
-        truncated = encoded.pop("truncated")
-        with torch.inference_mode():
-            outputs = self.model(**encoded)
-        return {head: outputs[f"{head}_logits"].softmax(dim=-1) for head in HEADS}, truncated
+        return self._forward(encoded["input_ids"], encoded["attention_mask"]), encoded["truncated"]
 
     def encode(self, texts: Sequence[str]) -> dict:
         """Tokenize with the model's prefix, truncate to its max length, pad; flags truncated rows.
@@ -102,9 +162,13 @@ class Predictor:
         for row, sample in enumerate(encoded["overflow_to_sample_mapping"]):
             rows_of.setdefault(sample, []).append(row)
         first = [rows_of[i][0] for i in range(len(texts))]
-        names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in encoded]
-        batch = self.tokenizer.pad({n: [encoded[n][r] for r in first] for n in names}, return_tensors="pt")
-        return {**batch, "truncated": [len(rows_of[i]) > 1 for i in range(len(texts))]}
+        names = ("input_ids", "attention_mask")
+        batch = self.tokenizer.pad({n: [encoded[n][r] for r in first] for n in names}, return_tensors="np")
+        return {
+            "input_ids": batch["input_ids"].astype(np.int64),
+            "attention_mask": batch["attention_mask"].astype(np.int64),
+            "truncated": [len(rows_of[i]) > 1 for i in range(len(texts))],
+        }
 
     def _predict_batch(self, texts: list[str]) -> list[Prediction]:
         probs, truncated = self.probabilities(texts)

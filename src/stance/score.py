@@ -47,6 +47,7 @@ class ScoreOptions:
     overwrite: bool = False
     chunk_sentences: int = 1024
     names: FieldNames = field(default_factory=FieldNames)
+    backend: str = "auto"
 
     def resolved_format(self) -> str:
         fmt = self.format or _format_from_suffix(self.output)
@@ -241,7 +242,7 @@ def _merge(parts: list[Path], target: Path, fmt: str, columns: Sequence[str]) ->
     tmp.replace(target)
 
 
-def fingerprint(files: Sequence[Path], options: ScoreOptions, model_dir: Path) -> str:
+def fingerprint(files: Sequence[Path], options: ScoreOptions, model_dir: Path, predictor_backend: str) -> str:
     """What must not change between an interrupted run and its resumption."""
     described = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     settings = [
@@ -250,6 +251,7 @@ def fingerprint(files: Sequence[Path], options: ScoreOptions, model_dir: Path) -
         options.names.__dict__,
         str(model_dir),
         options.summary is not None,
+        predictor_backend,
     ]
     return hashlib.sha256(json.dumps([described, settings], sort_keys=True).encode()).hexdigest()
 
@@ -268,10 +270,10 @@ def score(inputs: Sequence[str], model_dir: Path, options: ScoreOptions, progres
     existing = [t for t in targets if t.exists()]
     if existing and not (options.overwrite or options.resume):
         raise StanceError(f"{existing[0]} exists: pass --overwrite to replace it (or --resume an interrupted run)")
-    predictor = Predictor(model_dir)
+    predictor = Predictor(model_dir, backend=options.backend)
     labels = predictor.labels
     columns = _columns(labels)
-    staging = _Staging(options.output, fingerprint(files, options, model_dir))
+    staging = _Staging(options.output, fingerprint(files, options, model_dir, predictor.backend))
     state = staging.start(options.resume)
     stats = RunStats(**state["stats"])
     started = time.monotonic() - stats.seconds

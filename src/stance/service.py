@@ -13,6 +13,7 @@ whole body) before it reaches the model. Each is set by an environment variable:
 | STANCE_MAX_SENTENCE_CHARS | 2000 | characters per sentence |
 | STANCE_MAX_ARTICLE_CHARS | 100000 | characters per article |
 | STANCE_MAX_BODY_BYTES | 1048576 | bytes per request body (413 above it) |
+| STANCE_BACKEND | auto | torch, onnx, onnx-int8, or auto (fastest with parity, see export-onnx) |
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ MAX_ARTICLE_CHARS = _limit("STANCE_MAX_ARTICLE_CHARS", 100_000)
 MAX_BODY_BYTES = _limit("STANCE_MAX_BODY_BYTES", 1_048_576)
 MODEL_DIR = os.environ.get("STANCE_MODEL_DIR")
 MODEL_TAG = os.environ.get("STANCE_MODEL_TAG", "stance:latest")
+BACKEND = os.environ.get("STANCE_BACKEND", "auto")
 
 
 def _not_blank(text: str) -> str:
@@ -151,7 +153,7 @@ class Stance:
         from stance.predict import Predictor
         from stance.segment import split_sentences
 
-        self.predictor = Predictor(MODEL_DIR or self.model.path)
+        self.predictor = Predictor(MODEL_DIR or self.model.path, backend=BACKEND)
         self.split_sentences = split_sentences
 
     @bentoml.api(batchable=True, max_batch_size=MAX_SENTENCES, max_latency_ms=100)

@@ -1,0 +1,108 @@
+"""The ONNX backends: export, parity with torch, the default-backend rule, and their use."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import seed_records
+
+from stance.errors import StanceError
+from stance.onnx_export import INT8_MAX_F1_DROP, INT8_MIN_LABEL_AGREEMENT, export_and_check
+from stance.predict import Predictor, default_backend
+
+HEADS = ("claim_type", "stance")
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tiny_trained_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    folder = tmp_path_factory.mktemp("onnx") / "model"
+    shutil.copytree(tiny_trained_model, folder)
+    records = seed_records()
+    report = export_and_check(folder, [r["text"] for r in records], {h: [r[h] for r in records] for h in HEADS})
+    return folder, report
+
+
+def test_export_writes_both_graphs_and_the_report(onnx_model: tuple[Path, dict]) -> None:
+    folder, report = onnx_model
+    for name in ("model.onnx", "model-int8.onnx", "onnx.json"):
+        assert (folder / name).is_file(), name
+    assert json.loads((folder / "onnx.json").read_text()) == report
+    assert (folder / "model-int8.onnx").stat().st_size < (folder / "model.onnx").stat().st_size
+    assert "ONNX Runtime" in (folder / "README.md").read_text()
+
+
+def test_fp32_onnx_matches_torch(onnx_model: tuple[Path, dict]) -> None:
+    _, report = onnx_model
+    for head in HEADS:
+        assert report["onnx"][head]["max_abs_diff"] <= 1e-4
+        assert report["onnx"][head]["label_agreement"] == 1.0
+        assert report["onnx"][head]["macro_f1"] == report["onnx"][head]["torch_macro_f1"]
+    assert report["fp32_matches"] is True
+
+
+def test_int8_default_follows_the_measured_rule(onnx_model: tuple[Path, dict]) -> None:
+    folder, report = onnx_model
+    int8 = report["onnx-int8"]
+    allowed = all(
+        int8[h]["label_agreement"] >= INT8_MIN_LABEL_AGREEMENT
+        and int8[h]["torch_macro_f1"] - int8[h]["macro_f1"] <= INT8_MAX_F1_DROP
+        for h in HEADS
+    )
+    assert report["int8_can_be_default"] is allowed
+    assert default_backend(folder) == ("onnx-int8" if allowed else "onnx")
+    assert all(int8[h]["max_abs_diff"] < 0.1 for h in HEADS)
+
+
+def test_backends_agree_on_batches_of_every_size(onnx_model: tuple[Path, dict]) -> None:
+    folder, _ = onnx_model
+    texts = [r["text"] for r in seed_records()]
+    torch_predictor = Predictor(folder, backend="torch", batch_size=7)
+    onnx_predictor = Predictor(folder, backend="onnx", batch_size=13)
+    assert onnx_predictor.backend == "onnx"
+    for subset in (texts[:1], texts[:5], texts):
+        a, b = torch_predictor.predict(subset), onnx_predictor.predict(subset)
+        assert [p.claim_type.label for p in a] == [p.claim_type.label for p in b]
+        diffs = [
+            abs(x - y)
+            for p, q in zip(a, b, strict=True)
+            for x, y in zip(p.stance.probabilities.values(), q.stance.probabilities.values(), strict=True)
+        ]
+        assert max(diffs) <= 1e-4
+
+
+def test_cli_backend_switch(onnx_model: tuple[Path, dict]) -> None:
+    folder, _ = onnx_model
+    stance = str(Path(sys.executable).with_name("stance"))
+    outputs = {}
+    for backend in ("torch", "onnx", "onnx-int8"):
+        result = subprocess.run(
+            [
+                stance,
+                "predict",
+                "--model",
+                str(folder),
+                "--backend",
+                backend,
+                "Kyiv denied it.",
+                "Russia accused Kyiv.",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        outputs[backend] = [json.loads(line) for line in result.stdout.splitlines()]
+    probs = {b: np.array([list(o["claim_type"]["probabilities"].values()) for o in out]) for b, out in outputs.items()}
+    assert np.abs(probs["onnx"] - probs["torch"]).max() <= 1e-4
+    assert np.abs(probs["onnx-int8"] - probs["torch"]).max() < 0.1
+
+
+def test_missing_graph_is_a_clear_error(tiny_trained_model: Path) -> None:
+    with pytest.raises(StanceError, match="run `stance export-onnx"):
+        Predictor(tiny_trained_model, backend="onnx")
+    with pytest.raises(StanceError, match="unknown backend"):
+        Predictor(tiny_trained_model, backend="tpu")
+    assert default_backend(tiny_trained_model) == "torch"
