@@ -22,19 +22,25 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+MODEL ?= models/stance
+
+# Train on the bundled corpus if no model exists (about 15 min on 2 cores), export the
+# fast ONNX backends once, then serve on http://127.0.0.1:3000.
 serve: install
-	$(VENV)/bin/stance base-model
+	test -f $(MODEL)/stance.json || $(PY) train/train.py --output_dir $(MODEL)
+	test -f $(MODEL)/onnx.json || $(VENV)/bin/stance export-onnx $(MODEL)
+	$(VENV)/bin/stance serve --model $(MODEL)
 
 test: install
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check src train tests bento_service.py
-	$(VENV)/bin/ruff format --check src train tests bento_service.py
+	$(VENV)/bin/ruff check src train tests benchmarks bento_service.py
+	$(VENV)/bin/ruff format --check src train tests benchmarks bento_service.py
 
 format: install
-	$(VENV)/bin/ruff check --fix src train tests bento_service.py
-	$(VENV)/bin/ruff format src train tests bento_service.py
+	$(VENV)/bin/ruff check --fix src train tests benchmarks bento_service.py
+	$(VENV)/bin/ruff format src train tests benchmarks bento_service.py
 
 # Refresh the lock after changing dependencies (keeps torch at the CPU build).
 constraints: install
