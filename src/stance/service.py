@@ -14,6 +14,7 @@ whole body) before it reaches the model. Each is set by an environment variable:
 | STANCE_MAX_ARTICLE_CHARS | 100000 | characters per article |
 | STANCE_MAX_BODY_BYTES | 1048576 | bytes per request body (413 above it) |
 | STANCE_BACKEND | auto | torch, onnx, onnx-int8, or auto (fastest with parity, see export-onnx) |
+| STANCE_MAX_LATENCY_MS | 5000 | longest wait in the batching queue before a request is shed (503) |
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ MAX_BODY_BYTES = _limit("STANCE_MAX_BODY_BYTES", 1_048_576)
 MODEL_DIR = os.environ.get("STANCE_MODEL_DIR")
 MODEL_TAG = os.environ.get("STANCE_MODEL_TAG", "stance:latest")
 BACKEND = os.environ.get("STANCE_BACKEND", "auto")
+MAX_LATENCY_MS = _limit("STANCE_MAX_LATENCY_MS", 5000)
 
 
 def _not_blank(text: str) -> str:
@@ -156,7 +158,9 @@ class Stance:
         self.predictor = Predictor(MODEL_DIR or self.model.path, backend=BACKEND)
         self.split_sentences = split_sentences
 
-    @bentoml.api(batchable=True, max_batch_size=MAX_SENTENCES, max_latency_ms=100)
+    # max_latency_ms bounds the wait in the batching queue; requests that cannot make it are shed
+    # with 503, so it sits well above the time of a full batch.
+    @bentoml.api(batchable=True, max_batch_size=MAX_SENTENCES, max_latency_ms=MAX_LATENCY_MS)
     def classify(
         self,
         sentences: Annotated[
