@@ -111,3 +111,19 @@ def test_splits_keep_groups_together_and_pin_the_seed(tmp_path: Path) -> None:
     written = [r for r in records if r["source"] == "written"]
     share = sum(r["split"] == "train" for r in written) / len(written)
     assert 0.75 < share < 0.85
+
+
+def test_heldout_sentences_may_not_leak_from_the_corpus(corpus_copy: Path) -> None:
+    rows = [json.loads(x) for x in (corpus_copy / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
+    heldout = corpus_copy / "heldout"
+    heldout.mkdir()
+    fresh = {"id": "h-1", "text": "A sentence nobody wrote before about a quiet harbour.", "lang": "en"}
+    leaked = {"id": "h-2", "text": rows[7]["text"] + " ", "lang": rows[7]["lang"]}
+    labels = {"claim_type": "other", "stance": "neutral"}
+    (heldout / "x.jsonl").write_text(
+        "".join(json.dumps(r | labels, ensure_ascii=False) + "\n" for r in (fresh, leaked)), encoding="utf-8"
+    )
+    with pytest.raises(StanceError, match=r"x\.jsonl:2: heldout-leak: 100% like .*corpus\.jsonl:8"):
+        validate_data_dir(corpus_copy)
+    (heldout / "x.jsonl").write_text(json.dumps(fresh | labels) + "\n", encoding="utf-8")
+    validate_data_dir(corpus_copy)

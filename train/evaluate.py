@@ -29,7 +29,8 @@ class EvaluateArguments:
     model_dir: str = field(default="models/stance", metadata={"help": "The trained model directory."})
     data: list[str] = field(default_factory=lambda: ["data"], metadata={"help": "Corpus folders or files."})
     split: str = field(default="test", metadata={"help": "train, validation or test (ignored with --file)."})
-    file: str | None = field(default=None, metadata={"help": "Evaluate every record of this JSONL/CSV file."})
+    file: list[str] | None = field(default=None, metadata={"help": "Evaluate every record of these JSONL/CSV files."})
+    name: str | None = field(default=None, metadata={"help": "Report name (default: the split, or 'files')."})
     output_dir: str | None = field(default=None, metadata={"help": "Report folder (default: MODEL_DIR/eval-SPLIT)."})
     crosslingual: bool = field(default=False, metadata={"help": "Also run the train-on-English transfer test."})
 
@@ -48,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
 def evaluate(args: EvaluateArguments) -> Path:
     model_dir = Path(args.model_dir)
     config = read_model_config(model_dir)
-    name = Path(args.file).stem if args.file else args.split
+    name = args.name or ("files" if args.file else args.split)
     if args.file:
-        records = read_records(Path(args.file))
+        records = [record for path in args.file for record in read_records(Path(path))]
     else:
         splits, _ = load_labelled_splits(args.data, None)
         if args.split not in splits:

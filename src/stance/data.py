@@ -344,6 +344,39 @@ def check_adjudication(records: Sequence[Record], folder: Path, problems: Proble
             problems.add(record.where, "adjudication", f"labels differ from the adjudication at {decision.where}")
 
 
+def check_heldout(corpus: Sequence[Record], files: Sequence[Path], schema: LabelSchema, problems: Problems) -> int:
+    """Held-out evaluation records: labelled, uniquely identified, and sharing no text with the corpus.
+
+    A held-out sentence equal (normalized) to a corpus sentence, or with a word-trigram
+    Jaccard similarity of NEAR_DUPLICATE_JACCARD or more, is a leak. Returns the count.
+    """
+    records = [record for path in files for record in read_records(path)]
+    check_labelled(records, schema, problems)
+    seen: dict[str, str] = {}
+    for record in records:
+        if str(record.get("id")) in seen:
+            problems.add(
+                record.where,
+                "duplicate-id",
+                f"id {record.get('id')!r} is already used at {seen[str(record.get('id'))]}",
+            )
+        seen.setdefault(str(record.get("id")), record.where)
+    corpus_shingles = [_shingles(normalize_text(str(r["text"]))) for r in corpus]
+    postings: dict[str, list[int]] = defaultdict(list)
+    for index, grams in enumerate(corpus_shingles):
+        for gram in grams:
+            postings[gram].append(index)
+    for record in records:
+        grams = _shingles(normalize_text(str(record.get("text") or "")))
+        candidates = {i for gram in grams for i in postings.get(gram, ())}
+        for i in candidates:
+            overlap = len(grams & corpus_shingles[i]) / len(grams | corpus_shingles[i])
+            if overlap >= NEAR_DUPLICATE_JACCARD:
+                problems.add(record.where, "heldout-leak", f"{overlap:.0%} like {corpus[i].where}")
+                break
+    return len(records)
+
+
 def corpus_files(data_dir: Path) -> list[Path]:
     """The corpus files of a data folder: every `*.jsonl` in it."""
     files = sorted(Path(data_dir).glob("*.jsonl"))
@@ -365,6 +398,9 @@ def validate_data_dir(data_dir: Path, write_datasheet: bool = False) -> tuple[li
     agreement_dir = Path(data_dir) / "agreement"
     if (agreement_dir / "adjudication.jsonl").is_file():
         check_adjudication(records, agreement_dir, problems)
+    heldout = sorted((Path(data_dir) / "heldout").glob("*.jsonl"))
+    if heldout:
+        check_heldout(records, heldout, schema, problems)
     problems.raise_if_any()
     tables = count_tables(records)
     if (agreement_dir / "second_pass.jsonl").is_file():
