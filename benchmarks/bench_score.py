@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--articles", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory", default="1000,10000", help="Archive sizes for the memory comparison.")
+    parser.add_argument("--memory-sentences", type=int, default=2, help="Sentences per article in those archives.")
     parser.add_argument("--json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="stance-bench-") as tmp:
@@ -76,14 +77,15 @@ def main() -> None:
             rates.append(sentences / seconds)
         memory = {}
         for size in (int(x) for x in args.memory.split(",") if x):
-            sized = write_archive(Path(tmp) / f"archive-{size}.jsonl", size)
+            per = (args.memory_sentences, args.memory_sentences)
+            sized = write_archive(Path(tmp) / f"archive-{size}.jsonl", size, sentences=per)
             memory[size] = peak_rss_of_fresh_process(sized, args.model, args.backend, Path(tmp) / f"out-{size}.jsonl")
     print(f"model {args.model}, backend {args.backend}, {args.articles} articles ({sentences} sentences)\n")
     print("| measure | value |")
     print("|---|---|")
     print(f"| end-to-end sentences/s (median of {args.repeats}, incl. start-up) | {statistics.median(rates):.0f} |")
     for size, kb in memory.items():
-        print(f"| peak memory, {size} articles | {kb / 1024:.0f} MB |")
+        print(f"| peak memory, {size} articles of {args.memory_sentences} sentences | {kb / 1024:.0f} MB |")
     if args.json:
         Path(args.json).write_text(json.dumps({"rates": rates, "memory_kb": memory}, indent=2))
 

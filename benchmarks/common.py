@@ -25,8 +25,8 @@ def corpus_sentences(split: str | None = None) -> list[dict]:
     return records
 
 
-def write_archive(path: Path, articles: int, seed: int = 0) -> Path:
-    """A JSONL archive of `articles` articles, each 5–15 corpus sentences of one language."""
+def write_archive(path: Path, articles: int, seed: int = 0, sentences: tuple[int, int] = (5, 15)) -> Path:
+    """A JSONL archive of `articles` articles, each of 5–15 (or `sentences`) corpus sentences of one language."""
     rng = random.Random(seed)
     by_lang: dict[str, list[str]] = {}
     for record in corpus_sentences():
@@ -35,7 +35,7 @@ def write_archive(path: Path, articles: int, seed: int = 0) -> Path:
     with open(path, "w", encoding="utf-8") as handle:
         for i in range(articles):
             lang = langs[i % len(langs)]
-            text = " ".join(rng.sample(by_lang[lang], rng.randint(5, 15)))
+            text = " ".join(rng.sample(by_lang[lang], rng.randint(*sentences)))
             handle.write(json.dumps({"id": f"a{i}", "title": f"Article {i}", "text": text, "lang": lang}) + "\n")
     return path
 

@@ -18,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline, make_union
 from transformers import HfArgumentParser
 
-from stance.data import load_labelled_splits
+from stance.data import load_labelled_splits, read_records
 from stance.errors import StanceError
 from stance.evaluation import build_report, report_markdown
 from stance.labels import HEADS
@@ -31,6 +31,7 @@ class BaselineArguments:
     labels: str | None = field(default=None, metadata={"help": "Label schema JSON (default: the data's)."})
     model_dir: str | None = field(default=None, metadata={"help": "Write baseline.json into this model directory."})
     output: str | None = field(default=None, metadata={"help": "Also write the report JSON here."})
+    file: list[str] | None = field(default=None, metadata={"help": "Also evaluate on these labelled files."})
     c: float = field(default=10.0, metadata={"help": "Inverse regularisation strength of the logistic regression."})
     seed: int = field(default=13)
 
@@ -46,18 +47,16 @@ def baseline_pipeline(c: float, seed: int):
 
 def run(args: BaselineArguments) -> dict:
     splits, schema = load_labelled_splits(args.data, args.labels)
+    if args.file:
+        splits["files"] = [record for path in args.file for record in read_records(Path(path))]
+    evaluated = [name for name in ("validation", "test", "files") if splits.get(name)]
     texts = {name: [str(r["text"]) for r in records] for name, records in splits.items()}
-    predicted: dict[str, dict[str, list[str]]] = {name: {} for name in splits}
+    predicted: dict[str, dict[str, list[str]]] = {name: {} for name in evaluated}
     for head in HEADS:
         model = baseline_pipeline(args.c, args.seed).fit(texts["train"], [str(r[head]) for r in splits["train"]])
-        for name in ("validation", "test"):
-            if splits[name]:
-                predicted[name][head] = list(model.predict(texts[name]))
-    return {
-        name: build_report(splits[name], predicted[name], schema, None, name)
-        for name in ("validation", "test")
-        if splits[name]
-    }
+        for name in evaluated:
+            predicted[name][head] = list(model.predict(texts[name]))
+    return {name: build_report(splits[name], predicted[name], schema, None, name) for name in evaluated}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,6 +73,11 @@ def write_model_card(model_dir: Path) -> Path:
     for split in ("test", "validation"):
         if split in metrics:
             lines.append(report_markdown(metrics[split], f"{split} split"))
+    for report_path in sorted(model_dir.glob("eval-*/report.json")):
+        name = report_path.parent.name.removeprefix("eval-")
+        if name not in ("test", "validation"):
+            report = json.loads(report_path.read_text(encoding="utf-8"))
+            lines.append(report_markdown(report, f"{name} (train/evaluate.py)"))
     if baseline:
         lines += [
             "## Baseline: TF-IDF + logistic regression, same splits",
@@ -80,12 +85,17 @@ def write_model_card(model_dir: Path) -> Path:
             "| head | split | baseline macro-F1 | this model | difference |",
             "|---|---|---|---|---|",
         ]
-        for split in ("test", "validation"):
-            if split in metrics and split in baseline:
+        ours_by_name = {split: metrics[split] for split in ("test", "validation") if split in metrics}
+        heldout = _read(model_dir / "eval-heldout", "report.json")
+        if heldout and "files" in baseline:  # `baseline.py --file` on the same held-out articles
+            ours_by_name["held-out articles"] = heldout
+            baseline = baseline | {"held-out articles": baseline["files"]}
+        for name, ours_report in ours_by_name.items():
+            if name in baseline:
                 for head in HEADS:
-                    ours = metrics[split]["heads"][head]["macro_f1"]
-                    theirs = baseline[split]["heads"][head]["macro_f1"]
-                    lines.append(f"| {head} | {split} | {theirs:.3f} | {ours:.3f} | {100 * (ours - theirs):+.1f} pts |")
+                    ours = ours_report["heads"][head]["macro_f1"]
+                    theirs = baseline[name]["heads"][head]["macro_f1"]
+                    lines.append(f"| {head} | {name} | {theirs:.3f} | {ours:.3f} | {100 * (ours - theirs):+.1f} pts |")
         lines.append("")
     if crosslingual:
         lines += ["## Cross-lingual transfer: trained on English only, test split per language", ""]

@@ -121,6 +121,8 @@ class Predictor:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # one pool the size of the machine; no nested pools
         options.inter_op_num_threads = 1
+        # Idle pool threads would spin on the cores the tokenizer and the HTTP server need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
