@@ -15,6 +15,7 @@ whole body) before it reaches the model. Each is set by an environment variable:
 | STANCE_MAX_BODY_BYTES | 1048576 | bytes per request body (413 above it) |
 | STANCE_BACKEND | auto | torch, onnx, onnx-int8, or auto (fastest with parity, see export-onnx) |
 | STANCE_MAX_LATENCY_MS | 5000 | longest wait in the batching queue before a request is shed (503) |
+| STANCE_WORKERS | 1 | worker processes; each runs cores / workers inference threads |
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ MODEL_DIR = os.environ.get("STANCE_MODEL_DIR")
 MODEL_TAG = os.environ.get("STANCE_MODEL_TAG", "stance:latest")
 BACKEND = os.environ.get("STANCE_BACKEND", "auto")
 MAX_LATENCY_MS = _limit("STANCE_MAX_LATENCY_MS", 5000)
+WORKERS = _limit("STANCE_WORKERS", 1)
+# Each worker gets its share of the cores, so several workers never oversubscribe them.
+THREADS_PER_WORKER = max(1, (os.cpu_count() or 1) // WORKERS)
 
 
 def _not_blank(text: str) -> str:
@@ -144,7 +148,7 @@ class _BodyTooLarge(Exception):
     pass
 
 
-@bentoml.service(name="stance", traffic={"timeout": 60, "max_concurrency": 128}, workers=1)
+@bentoml.service(name="stance", traffic={"timeout": 60, "max_concurrency": 128}, workers=WORKERS)
 class Stance:
     """Sentence and article classification over one loaded :class:`stance.predict.Predictor`."""
 
@@ -155,7 +159,7 @@ class Stance:
         from stance.predict import Predictor
         from stance.segment import split_sentences
 
-        self.predictor = Predictor(MODEL_DIR or self.model.path, backend=BACKEND)
+        self.predictor = Predictor(MODEL_DIR or self.model.path, backend=BACKEND, num_threads=THREADS_PER_WORKER)
         self.split_sentences = split_sentences
 
     # max_latency_ms bounds the wait in the batching queue; requests that cannot make it are shed
