@@ -19,7 +19,7 @@ from sklearn.pipeline import make_pipeline, make_union
 from transformers import HfArgumentParser
 
 from stance.data import load_labelled_splits, read_records
-from stance.errors import StanceError
+from stance.errors import exit_code
 from stance.evaluation import build_report, report_markdown
 from stance.labels import HEADS
 from stance.model_card import write_model_card
@@ -61,20 +61,20 @@ def run(args: BaselineArguments) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     (args,) = HfArgumentParser(BaselineArguments).parse_args_into_dataclasses(args=argv)
-    try:
-        reports = run(args)
-    except StanceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for name, report in reports.items():
-        print(report_markdown(report, f"TF-IDF baseline, {name} split"))
+    return exit_code(lambda: publish(args))
+
+
+def publish(args: BaselineArguments) -> None:
+    """Fit, evaluate, print the reports and write them where asked."""
+    reports = run(args)
+    for name, scores in reports.items():
+        print(report_markdown(scores, f"TF-IDF baseline, {name} split"))
     payload = json.dumps(reports, indent=2) + "\n"
     if args.output:
         Path(args.output).write_text(payload, encoding="utf-8")
     if args.model_dir:
         (Path(args.model_dir) / "baseline.json").write_text(payload, encoding="utf-8")
         write_model_card(Path(args.model_dir))
-    return 0
 
 
 if __name__ == "__main__":

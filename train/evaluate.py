@@ -17,7 +17,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from stance.data import load_labelled_splits, read_records
-from stance.errors import StanceError
+from stance.errors import StanceError, exit_code
 from stance.evaluation import evaluate_records, report_markdown
 from stance.model import read_model_config
 from stance.model_card import write_model_card
@@ -37,13 +37,7 @@ class EvaluateArguments:
 
 def main(argv: list[str] | None = None) -> int:
     (args,) = HfArgumentParser(EvaluateArguments).parse_args_into_dataclasses(args=argv)
-    try:
-        report_dir = evaluate(args)
-    except StanceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(report_dir)
-    return 0
+    return exit_code(lambda: print(evaluate(args)))
 
 
 def evaluate(args: EvaluateArguments) -> Path:

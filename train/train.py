@@ -11,19 +11,13 @@ import sys
 
 from transformers import HfArgumentParser
 
-from stance.errors import StanceError
+from stance.errors import exit_code
 from stance.trainer import TrainArguments, train
 
 
 def main(argv: list[str] | None = None) -> int:
     (args,) = HfArgumentParser(TrainArguments).parse_args_into_dataclasses(args=argv)
-    try:
-        output = train(args)
-    except StanceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(output)
-    return 0
+    return exit_code(lambda: print(train(args)))
 
 
 if __name__ == "__main__":
