@@ -80,12 +80,15 @@ def export(model_dir: Path) -> tuple[Path, Path]:
 
 
 def _kept_in_fp32(path: Path, intermediate: int, hidden: int) -> list[str]:
-    """MatMuls left in fp32: attention's activation × activation products, and the
-    feed-forward output projections (intermediate → hidden).
+    """MatMuls left in fp32: attention's activation × activation products and both
+    feed-forward projections (hidden → intermediate → hidden); the attention projections
+    are int8.
 
-    The inputs of the latter (after GELU) have outlier activations that per-tensor uint8
-    quantization cannot represent: quantizing every MatMul flipped about 5% of the labels
-    of the first default model on its test split; keeping these in fp32, about 1%.
+    Measured on the default model's test split (825 sentences), labels agreeing with torch:
+    every MatMul int8, 94.8% / 97.1% (claim type / stance); FFN output kept fp32, 98.4% /
+    98.2%; both FFN projections kept fp32, 99.0% / 99.8% with macro-F1 within 0.3 points —
+    the only variant that passes the bar for becoming the default, at 1.3× fp32 speed.
+    Per-tensor uint8 activations cannot represent the outliers of the FFN's inputs.
     """
     import onnx
 
@@ -97,7 +100,7 @@ def _kept_in_fp32(path: Path, intermediate: int, hidden: int) -> list[str]:
         if node.op_type == "MatMul"
         and (
             not any(name in shapes for name in node.input)
-            or any(shapes.get(name) == (intermediate, hidden) for name in node.input)
+            or any(shapes.get(name) in ((intermediate, hidden), (hidden, intermediate)) for name in node.input)
         )
     ]
 
