@@ -231,3 +231,18 @@ def test_bentoml_build_and_serve_the_bento(tiny_trained_model: Path, tmp_path: P
         assert response.status_code == 200 and response.json()[0]["text"] == "Kyiv denied it."
     finally:
         _stop(process)
+
+
+def test_serve_without_a_model_is_a_clear_error(tmp_path: Path) -> None:
+    stance_cli = str(Path(sys.executable).with_name("stance"))
+    env = dict(os.environ) | {"BENTOML_HOME": str(tmp_path / "empty-store")}
+    env.pop("STANCE_MODEL", None)
+    missing = subprocess.run(
+        [stance_cli, "serve", "--model", "stance:nope"], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert missing.returncode == 2
+    assert "no model directory or BentoML model 'stance:nope'" in missing.stderr
+    not_a_model = subprocess.run(
+        [stance_cli, "serve", "--model", str(tmp_path)], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert not_a_model.returncode == 2 and "is not a stance model directory" in not_a_model.stderr

@@ -215,8 +215,18 @@ def serve(model: str | None, host: str, port: int) -> None:
         read_model_config(Path(model))  # a clear error now rather than in a worker
         env["STANCE_MODEL_DIR"] = str(Path(model).resolve())
     else:
+        import bentoml
+
+        tag = model or "stance:latest"
+        try:
+            bentoml.models.get(tag)
+        except bentoml.exceptions.NotFound as exc:
+            raise StanceError(
+                f"no model directory or BentoML model {tag!r}: train one (`make serve` does), "
+                "pass --model DIR, or import one with `stance import-model DIR`"
+            ) from exc
         env.pop("STANCE_MODEL_DIR", None)
-        env["STANCE_MODEL_TAG"] = model or "stance:latest"
+        env["STANCE_MODEL_TAG"] = tag
     bentoml_cli = str(Path(sys.executable).with_name("bentoml"))
     command = [bentoml_cli, "serve", "stance.service:Stance", "--host", host, "--port", str(port)]
     click.echo(f"serving {model or 'stance:latest'} on http://{host}:{port} (docs at /, health at /readyz)", err=True)
