@@ -33,6 +33,7 @@ class EvaluateArguments:
     name: str | None = field(default=None, metadata={"help": "Report name (default: the split, or 'files')."})
     output_dir: str | None = field(default=None, metadata={"help": "Report folder (default: MODEL_DIR/eval-SPLIT)."})
     crosslingual: bool = field(default=False, metadata={"help": "Also run the train-on-English transfer test."})
+    backend: str = field(default="torch", metadata={"help": "torch (the reference), onnx, onnx-int8 or auto."})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +54,7 @@ def evaluate(args: EvaluateArguments) -> Path:
         records = splits[args.split]
     out = Path(args.output_dir) if args.output_dir else model_dir / f"eval-{name}"
     out.mkdir(parents=True, exist_ok=True)
-    report = evaluate_records(model_dir, records, figures_dir=out, name=name)
+    report = evaluate_records(model_dir, records, figures_dir=out, name=name, backend=args.backend)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out / "report.md").write_text(report_markdown(report, f"{name} ({model_dir})"), encoding="utf-8")
     print(report_markdown(report, name))

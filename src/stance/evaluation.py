@@ -50,11 +50,13 @@ def build_report(
     return report
 
 
-def evaluate_records(model_dir: Path, records: Sequence[Record], figures_dir: Path | None = None, name="eval") -> dict:
-    """Predict `records` with the model in `model_dir` and score them."""
+def evaluate_records(
+    model_dir: Path, records: Sequence[Record], figures_dir: Path | None = None, name="eval", backend: str = "torch"
+) -> dict:
+    """Predict `records` with the model in `model_dir` (torch, the reference, unless told) and score them."""
     from stance.predict import Predictor
 
-    predictor = Predictor(model_dir)
+    predictor = Predictor(model_dir, backend=backend)
     predictions = predictor.predict([str(r["text"]) for r in records])
     predicted = {
         "claim_type": [p.claim_type.label for p in predictions],
