@@ -18,14 +18,13 @@ import io
 import json
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from stance.errors import StanceError
 
 TEXT_SUFFIXES = (".txt", ".md")
 HTML_SUFFIXES = (".html", ".htm")
-TABLE_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".parquet")
 
 
 @dataclass
@@ -60,7 +59,6 @@ class BadRecord:
     location: str
     reason: str
     id: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"location": self.location, "id": self.id, "reason": self.reason}
