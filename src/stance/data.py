@@ -124,7 +124,7 @@ def validate_corpus(records: Sequence[Record], schema: LabelSchema) -> Problems:
     """Check the corpus rules: schema, labels, unique ids, groups within one split, no duplicates."""
     problems = Problems()
     check_labelled(records, schema, problems)
-    seen_ids: dict[str, str] = {}
+    _check_unique_ids(records, problems)
     group_splits: dict[str, dict[str, str]] = defaultdict(dict)
     for record in records:
         missing = [name for name in CORPUS_FIELDS if name not in record.fields]
@@ -143,10 +143,6 @@ def validate_corpus(records: Sequence[Record], schema: LabelSchema) -> Problems:
             problems.add(record.where, "split", f"split {record['split']!r} is not one of {', '.join(SPLITS)}")
         if "\n" in str(record["text"]):
             problems.add(record.where, "newline", "text holds a line break (one sentence per record)")
-        record_id = str(record["id"])
-        if record_id in seen_ids:
-            problems.add(record.where, "duplicate-id", f"id {record_id!r} is already used at {seen_ids[record_id]}")
-        seen_ids.setdefault(record_id, record.where)
         group_splits[str(record["group"])].setdefault(str(record["split"]), record.where)
     for group, splits in group_splits.items():
         if len(splits) > 1:
@@ -154,6 +150,15 @@ def validate_corpus(records: Sequence[Record], schema: LabelSchema) -> Problems:
             problems.add(next(iter(splits.values())), "group-split", f"group {group!r} spans splits: {places}")
     _check_duplicates(records, problems)
     return problems
+
+
+def _check_unique_ids(records: Iterable[Record], problems: Problems) -> None:
+    seen: dict[str, str] = {}
+    for record in records:
+        record_id = str(record.get("id"))
+        if record_id in seen:
+            problems.add(record.where, "duplicate-id", f"id {record_id!r} is already used at {seen[record_id]}")
+        seen.setdefault(record_id, record.where)
 
 
 def normalize_text(text: str) -> str:
@@ -168,6 +173,19 @@ def _shingles(normalized: str) -> set[str]:
     if len(words) < 3:
         return {normalized}
     return {" ".join(words[i : i + 3]) for i in range(len(words) - 2)}
+
+
+def _postings(shingles: Sequence[set[str]]) -> dict[str, list[int]]:
+    """An inverted index: trigram → the indexes of the texts that contain it."""
+    postings: dict[str, list[int]] = defaultdict(list)
+    for index, grams in enumerate(shingles):
+        for gram in grams:
+            postings[gram].append(index)
+    return postings
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b)
 
 
 def _check_duplicates(records: Sequence[Record], problems: Problems) -> None:
@@ -187,12 +205,8 @@ def _check_duplicates(records: Sequence[Record], problems: Problems) -> None:
         else:
             first_seen[key] = index
     shingles = [_shingles(key) for key in normalized]
-    postings: dict[str, list[int]] = defaultdict(list)
-    for index, grams in enumerate(shingles):
-        for gram in grams:
-            postings[gram].append(index)
     reported: set[tuple[int, int]] = set()
-    for members in postings.values():
+    for members in _postings(shingles).values():
         if len(members) > 200:  # a stock phrase ("said on wednesday"): not evidence of a duplicate
             continue
         for a_pos, a in enumerate(members):
@@ -200,7 +214,7 @@ def _check_duplicates(records: Sequence[Record], problems: Problems) -> None:
                 if usable[a]["split"] == usable[b]["split"] or (a, b) in reported:
                     continue
                 reported.add((a, b))
-                overlap = len(shingles[a] & shingles[b]) / len(shingles[a] | shingles[b])
+                overlap = _jaccard(shingles[a], shingles[b])
                 if overlap >= NEAR_DUPLICATE_JACCARD and normalized[a] != normalized[b]:
                     problems.add(
                         usable[b].where,
@@ -344,37 +358,24 @@ def check_adjudication(records: Sequence[Record], folder: Path, problems: Proble
             problems.add(record.where, "adjudication", f"labels differ from the adjudication at {decision.where}")
 
 
-def check_heldout(corpus: Sequence[Record], files: Sequence[Path], schema: LabelSchema, problems: Problems) -> int:
+def check_heldout(corpus: Sequence[Record], files: Sequence[Path], schema: LabelSchema, problems: Problems) -> None:
     """Held-out evaluation records: labelled, uniquely identified, and sharing no text with the corpus.
 
     A held-out sentence equal (normalized) to a corpus sentence, or with a word-trigram
-    Jaccard similarity of NEAR_DUPLICATE_JACCARD or more, is a leak. Returns the count.
+    Jaccard similarity of NEAR_DUPLICATE_JACCARD or more, is a leak.
     """
     records = [record for path in files for record in read_records(path)]
     check_labelled(records, schema, problems)
-    seen: dict[str, str] = {}
-    for record in records:
-        if str(record.get("id")) in seen:
-            problems.add(
-                record.where,
-                "duplicate-id",
-                f"id {record.get('id')!r} is already used at {seen[str(record.get('id'))]}",
-            )
-        seen.setdefault(str(record.get("id")), record.where)
+    _check_unique_ids(records, problems)
     corpus_shingles = [_shingles(normalize_text(str(r["text"]))) for r in corpus]
-    postings: dict[str, list[int]] = defaultdict(list)
-    for index, grams in enumerate(corpus_shingles):
-        for gram in grams:
-            postings[gram].append(index)
+    postings = _postings(corpus_shingles)
     for record in records:
         grams = _shingles(normalize_text(str(record.get("text") or "")))
-        candidates = {i for gram in grams for i in postings.get(gram, ())}
-        for i in candidates:
-            overlap = len(grams & corpus_shingles[i]) / len(grams | corpus_shingles[i])
+        for i in sorted({i for gram in grams for i in postings.get(gram, ())}):
+            overlap = _jaccard(grams, corpus_shingles[i])
             if overlap >= NEAR_DUPLICATE_JACCARD:
                 problems.add(record.where, "heldout-leak", f"{overlap:.0%} like {corpus[i].where}")
                 break
-    return len(records)
 
 
 def corpus_files(data_dir: Path) -> list[Path]:

@@ -143,7 +143,6 @@ class _Staging:
             return state
         if self.folder.exists():
             shutil.rmtree(self.folder)
-        self.folder.mkdir(parents=True)
         return self._fresh()
 
     def _fresh(self) -> dict:
@@ -183,9 +182,8 @@ def _write_rows(path: Path, rows: list[dict], fmt: str, columns: Sequence[str]) 
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(pa.Table.from_pylist(rows, schema=_arrow_schema(columns)), tmp)
-        tmp.replace(path)
+        table = pa.Table.from_pylist(rows, schema=_arrow_schema(columns))
+        _atomic_write(path, lambda handle: pq.write_table(table, handle))
     elif fmt == "csv":
 
         def write_csv(handle) -> None:

@@ -27,6 +27,7 @@ from typing import Annotated
 import bentoml
 from pydantic import AfterValidator, BaseModel, Field
 
+from stance.segment import article_dateline, guess_language, split_sentences
 from stance.summary import summarize
 
 
@@ -157,10 +158,8 @@ class Stance:
 
     def __init__(self) -> None:
         from stance.predict import Predictor
-        from stance.segment import split_sentences
 
         self.predictor = Predictor(MODEL_DIR or self.model.path, backend=BACKEND, num_threads=THREADS_PER_WORKER)
-        self.split_sentences = split_sentences
 
     # max_latency_ms bounds the wait in the batching queue; requests that cannot make it are shed
     # with 503, so it sits well above the time of a full batch.
@@ -190,10 +189,8 @@ class Stance:
         lang: Annotated[str | None, Field(pattern=r"^[a-z]{2}$", examples=["en"])] = None,
     ) -> ArticleResult:
         """Split an article into sentences (with offsets), label each, and summarize the article."""
-        from stance.segment import article_dateline, guess_language
-
         language = lang or guess_language(text)
-        sentences = self.split_sentences(text, language)
+        sentences = split_sentences(text, language)
         with_title = [title] if title and title.strip() else []
         predictions = self.predictor.predict(with_title + [s.text for s in sentences])
         title_prediction = predictions.pop(0) if with_title else None
