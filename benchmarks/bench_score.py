@@ -21,41 +21,42 @@ from pathlib import Path
 from common import write_archive
 
 
+def score_command(archive: Path, model: str, backend: str, out: Path) -> list[str]:
+    """The `stance score` command line every measurement runs."""
+    stance = str(Path(sys.executable).with_name("stance"))
+    return [
+        stance,
+        "score",
+        str(archive),
+        "-o",
+        str(out),
+        "--model",
+        model,
+        "--backend",
+        backend,
+        "--quiet",
+        "--overwrite",
+    ]
+
+
 def run_score(archive: Path, model: str, backend: str, out: Path) -> tuple[float, int]:
     """Seconds and sentences scored of one `stance score` run."""
-    stance = str(Path(sys.executable).with_name("stance"))
     start = time.perf_counter()
-    subprocess.run(
-        [
-            stance,
-            "score",
-            str(archive),
-            "-o",
-            str(out),
-            "--model",
-            model,
-            "--backend",
-            backend,
-            "--quiet",
-            "--overwrite",
-        ],
-        check=True,
-    )
+    subprocess.run(score_command(archive, model, backend, out), check=True)
     seconds = time.perf_counter() - start
     with open(out, encoding="utf-8") as handle:
         return seconds, sum(1 for _ in handle)
 
 
 def peak_rss_of_fresh_process(archive: Path, model: str, backend: str, out: Path) -> int:
-    """Peak RSS measured in a fresh interpreter, so runs do not share the children's maximum."""
+    """Peak RSS (kB) measured in a fresh interpreter, so runs do not share the children's maximum."""
     code = (
-        "import resource,subprocess,sys;"
-        f"subprocess.run([sys.argv[1],'score',{str(archive)!r},'-o',{str(out)!r},'--model',{model!r},"
-        f"'--backend',{backend!r},'--quiet','--overwrite'],check=True);"
+        "import json,resource,subprocess,sys;"
+        "subprocess.run(json.loads(sys.argv[1]),check=True);"
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
-    stance = str(Path(sys.executable).with_name("stance"))
-    result = subprocess.run([sys.executable, "-c", code, stance], capture_output=True, text=True, check=True)
+    command = json.dumps(score_command(archive, model, backend, out))
+    result = subprocess.run([sys.executable, "-c", code, command], capture_output=True, text=True, check=True)
     return int(result.stdout.strip())
 
 
