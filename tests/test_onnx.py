@@ -22,8 +22,15 @@ def onnx_model(tiny_trained_model: Path, tmp_path_factory: pytest.TempPathFactor
     folder = tmp_path_factory.mktemp("onnx") / "model"
     shutil.copytree(tiny_trained_model, folder)
     records = seed_records()
-    report = export_and_check(folder, [r["text"] for r in records], {h: [r[h] for r in records] for h in HEADS})
+    texts, gold = [r["text"] for r in records], {h: [r[h] for r in records] for h in HEADS}
+    report = export_and_check(folder, texts, gold, calibration_texts())
     return folder, report
+
+
+def calibration_texts() -> list[str]:
+    """Training sentences of the bundled corpus: never the parity sentences."""
+    lines = (Path(__file__).parents[1] / "data" / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
+    return [r["text"] for r in map(json.loads, lines) if r["split"] == "train"][:96]
 
 
 def test_export_writes_both_graphs_and_the_report(onnx_model: tuple[Path, dict]) -> None:
@@ -106,3 +113,47 @@ def test_missing_graph_is_a_clear_error(tiny_trained_model: Path) -> None:
     with pytest.raises(StanceError, match="unknown backend"):
         Predictor(tiny_trained_model, backend="tpu")
     assert default_backend(tiny_trained_model) == "torch"
+
+
+def test_outlier_side_path_computes_the_same_function(onnx_model: tuple[Path, dict]) -> None:
+    """The fp32 rewrite that the int8 graph starts from must not change any output."""
+    import onnx
+    import onnxruntime as ort
+
+    from stance.onnx_export import _calibration_batches, split_outlier_channels
+
+    folder, _ = onnx_model
+    original = onnx.load(str(folder / "model.onnx"))
+    rewritten = onnx.load(str(folder / "model.onnx"))
+    # A ratio of 1 moves about half of all channels, so the side path is exercised whatever the model.
+    side_matmuls, moved = split_outlier_channels(rewritten, _calibration_batches(folder, calibration_texts()), 1.0)
+    layers = json.loads((folder / "config.json").read_text())["num_hidden_layers"]
+    # Per layer: the GELU path's two MatMuls, and one for each of Q, K, V, attention output, W_in.
+    assert moved > 0 and len(side_matmuls) == 7 * layers
+    batch = next(_calibration_batches(folder, [r["text"] for r in seed_records()]))
+    outputs = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, batch)
+        for m in (original, rewritten)
+    ]
+    for before, after in zip(*outputs, strict=True):
+        assert np.abs(before - after).max() <= 1e-5
+
+
+def test_outlier_channels_are_the_extreme_ones() -> None:
+    from stance.onnx_export import outlier_channels
+
+    maxima = np.array([1.0, 1.2, 0.9, 65.0, 1.1, 7.0, 1.0])
+    assert outlier_channels(maxima).tolist() == [3, 5]
+    assert outlier_channels(np.ones(8)).size == 0
+
+
+def test_export_refuses_to_calibrate_on_the_parity_split(tiny_trained_model: Path) -> None:
+    stance = str(Path(sys.executable).with_name("stance"))
+    result = subprocess.run(
+        [stance, "export-onnx", str(tiny_trained_model), "--calibration-split", "test"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "calibrate on other sentences" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -237,7 +237,13 @@ def serve(model: str | None, host: str, port: int) -> None:
 @click.argument("model_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--data", "data", multiple=True, default=["data"], show_default=True, help="Corpus for the parity check.")
 @click.option("--split", default="test", show_default=True, help="Split whose sentences check parity.")
-def export_onnx(model_dir: Path, data: tuple[str, ...], split: str) -> None:
+@click.option(
+    "--calibration-split",
+    default="train",
+    show_default=True,
+    help="Split whose sentences locate the activation outliers kept in fp32 by the int8 graph.",
+)
+def export_onnx(model_dir: Path, data: tuple[str, ...], split: str, calibration_split: str) -> None:
     """Export MODEL_DIR to ONNX (fp32 and int8), check parity with torch, record it in onnx.json.
 
     The int8 graph becomes the default backend only when its labels agree with torch on at
@@ -248,11 +254,15 @@ def export_onnx(model_dir: Path, data: tuple[str, ...], split: str) -> None:
     from stance.onnx_export import export_and_check
 
     splits, _ = load_labelled_splits(list(data), None)
-    records = splits.get(split) or []
-    if not records:
-        raise StanceError(f"no {split} records in {', '.join(data)} to check parity on")
+    if split == calibration_split:
+        raise StanceError(f"--split and --calibration-split are both {split!r}: calibrate on other sentences")
+    records, calibration = splits.get(split) or [], splits.get(calibration_split) or []
+    for name, rows in ((split, records), (calibration_split, calibration)):
+        if not rows:
+            raise StanceError(f"no {name} records in {', '.join(data)} to export with")
     texts = [str(r["text"]) for r in records]
-    report = export_and_check(model_dir, texts, {h: [str(r[h]) for r in records] for h in HEADS})
+    gold = {h: [str(r[h]) for r in records] for h in HEADS}
+    report = export_and_check(model_dir, texts, gold, [str(r["text"]) for r in calibration])
     for backend in ("onnx", "onnx-int8"):
         for head in HEADS:
             entry = report[backend][head]

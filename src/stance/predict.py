@@ -136,13 +136,25 @@ class Predictor:
         """Label every text; the output is in input order whatever the batching did."""
         if isinstance(texts, str):
             raise TypeError("predict() takes a list of sentences, not one string")
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         results: list[Prediction | None] = [None] * len(texts)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
+        for batch in self._length_sorted_batches(texts):
             for index, prediction in zip(batch, self._predict_batch([texts[i] for i in batch]), strict=True):
                 results[index] = prediction
         return results  # type: ignore[return-value]
+
+    def probability_matrices(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Unrounded per-head probabilities (rows in input order), batched exactly as `predict` does."""
+        matrices = {head: np.zeros((len(texts), len(self.labels[head])), np.float32) for head in HEADS}
+        for batch in self._length_sorted_batches(texts):
+            probabilities, _ = self.probabilities([texts[i] for i in batch])
+            for head in HEADS:
+                matrices[head][batch] = probabilities[head]
+        return matrices
+
+    def _length_sorted_batches(self, texts: Sequence[str]) -> list[list[int]]:
+        # Similar lengths share a batch, so little compute goes to padding.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        return [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
 
     def probabilities(self, texts: Sequence[str]) -> tuple[dict[str, np.ndarray], list[bool]]:
         """Per-head probability matrices (rows in input order) and truncation flags for one batch."""
