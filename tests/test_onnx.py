@@ -157,3 +157,32 @@ def test_export_refuses_to_calibrate_on_the_parity_split(tiny_trained_model: Pat
     assert result.returncode != 0
     assert "calibrate on other sentences" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_report_names_the_recipe_kept(onnx_model: tuple[Path, dict]) -> None:
+    from stance.onnx_export import INT8_RECIPES
+
+    _, report = onnx_model
+    tried = report["int8_label_agreement_by_recipe"]
+    assert report["int8_recipe"] in INT8_RECIPES and list(tried)[-1] == report["int8_recipe"]
+    # Recipes are tried fastest first and the search stops at the first that passes.
+    assert all(min(tried[r].values()) < INT8_MIN_LABEL_AGREEMENT or r == report["int8_recipe"] for r in tried)
+
+
+def test_attention_recipe_keeps_the_feed_forward_in_fp32(onnx_model: tuple[Path, dict], tmp_path: Path) -> None:
+    import onnx
+
+    from stance.onnx_export import _calibration_batches, quantize
+
+    folder, _ = onnx_model
+    calibration = list(_calibration_batches(folder, calibration_texts()))
+    counts = {}
+    for recipe in ("all", "attention"):
+        # ratio 1: side paths everywhere, so the feed-forward MatMuls must be found despite them
+        quantize(folder / "model.onnx", tmp_path / f"{recipe}.onnx", calibration, recipe, 1.0)
+        graph = onnx.load(str(tmp_path / f"{recipe}.onnx")).graph
+        counts[recipe] = sum(node.op_type == "MatMulInteger" for node in graph.node)
+    layers = json.loads((folder / "config.json").read_text())["num_hidden_layers"]
+    assert counts["all"] - counts["attention"] == 2 * layers
+    with pytest.raises(StanceError, match="unknown int8 recipe"):
+        quantize(folder / "model.onnx", tmp_path / "x.onnx", calibration, "everything")

@@ -109,8 +109,9 @@ def write_model_card(model_dir: Path) -> Path:
         lines += [
             "## Fast CPU inference (ONNX Runtime)",
             "",
-            f"`model.onnx` (fp32) and `model-int8.onnx` (dynamic int8) hold the encoder, mean pooling and both "
-            f"heads. Parity with torch on {onnx['n']} sentences of the test split:",
+            f"`model.onnx` (fp32) and `model-int8.onnx` (dynamic int8; "
+            f"{onnx.get('int8_fp32_channels', 0)} outlier input channels kept on fp32 side paths) hold the "
+            f"encoder, mean pooling and both heads. Parity with torch on {onnx['n']} sentences of the test split:",
             "",
             "| backend | head | max abs prob. difference | labels agree | macro-F1 | torch macro-F1 |",
             "|---|---|---|---|---|---|",
