@@ -177,12 +177,13 @@ def test_attention_recipe_keeps_the_feed_forward_in_fp32(onnx_model: tuple[Path,
     folder, _ = onnx_model
     calibration = list(_calibration_batches(folder, calibration_texts()))
     counts = {}
-    for recipe in ("all", "attention"):
+    for recipe in ("all", "all-but-ffn-output", "attention"):
         # ratio 1: side paths everywhere, so the feed-forward MatMuls must be found despite them
         quantize(folder / "model.onnx", tmp_path / f"{recipe}.onnx", calibration, recipe, 1.0)
         graph = onnx.load(str(tmp_path / f"{recipe}.onnx")).graph
         counts[recipe] = sum(node.op_type == "MatMulInteger" for node in graph.node)
     layers = json.loads((folder / "config.json").read_text())["num_hidden_layers"]
+    assert counts["all"] - counts["all-but-ffn-output"] == layers
     assert counts["all"] - counts["attention"] == 2 * layers
     with pytest.raises(StanceError, match="unknown int8 recipe"):
         quantize(folder / "model.onnx", tmp_path / "x.onnx", calibration, "everything")
