@@ -109,7 +109,7 @@ def write_model_card(model_dir: Path) -> Path:
         lines += [
             "## Fast CPU inference (ONNX Runtime)",
             "",
-            f"`model.onnx` (fp32) and `model-int8.onnx` (dynamic int8; "
+            f"`model.onnx` (fp32) and `model-int8.onnx` (dynamic int8, recipe `{onnx.get('int8_recipe', 'all')}`; "
             f"{onnx.get('int8_fp32_channels', 0)} outlier input channels kept on fp32 side paths) hold the "
             f"encoder, mean pooling and both heads. Parity with torch on {onnx['n']} sentences of the test split:",
             "",
