@@ -13,6 +13,7 @@ from pathlib import Path
 
 from stance.evaluation import report_markdown
 from stance.labels import HEADS
+from stance.predict import default_backend
 
 
 def _read(folder: Path, name: str) -> dict | None:
@@ -123,8 +124,7 @@ def write_model_card(model_dir: Path) -> Path:
                     f"| {backend} | {head} | {e['max_abs_diff']:.1e} | {e['label_agreement']:.2%} | "
                     f"{e.get('macro_f1', float('nan')):.4f} | {e.get('torch_macro_f1', float('nan')):.4f} |"
                 )
-        default = "onnx-int8" if onnx.get("int8_can_be_default") else ("onnx" if onnx.get("fp32_matches") else "torch")
-        lines += ["", f"Default backend (`--backend auto`): **{default}**.", ""]
+        lines += ["", f"Default backend (`--backend auto`): **{default_backend(model_dir)}**.", ""]
     lines += [
         "## Limits",
         "",

@@ -66,6 +66,41 @@ def default_backend(model_dir: Path) -> str:
     return "torch"
 
 
+class Encoder:
+    """A model directory's tokenizer with the model's input prefix and max length."""
+
+    def __init__(self, model_dir: Path) -> None:
+        from transformers import AutoTokenizer
+
+        config = read_model_config(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.prefix = config.get("input_prefix", "")
+        self.max_length = int(config.get("max_length", 128))
+
+    def encode(self, texts: Sequence[str]) -> dict:
+        """Tokenize with the model's prefix, truncate to its max length, pad; flags truncated rows.
+
+        One tokenizer pass: overflowing pieces reveal truncation and are then dropped.
+        """
+        encoded = self.tokenizer(
+            [self.prefix + text for text in texts],
+            truncation=True,
+            max_length=self.max_length,
+            return_overflowing_tokens=True,
+        )
+        rows_of: dict[int, list[int]] = {}
+        for row, sample in enumerate(encoded["overflow_to_sample_mapping"]):
+            rows_of.setdefault(sample, []).append(row)
+        first = [rows_of[i][0] for i in range(len(texts))]
+        names = ("input_ids", "attention_mask")
+        batch = self.tokenizer.pad({n: [encoded[n][r] for r in first] for n in names}, return_tensors="np")
+        return {
+            "input_ids": batch["input_ids"].astype(np.int64),
+            "attention_mask": batch["attention_mask"].astype(np.int64),
+            "truncated": [len(rows_of[i]) > 1 for i in range(len(texts))],
+        }
+
+
 class Predictor:
     """A loaded model directory, ready to label sentences in length-sorted batches.
 
@@ -77,8 +112,6 @@ class Predictor:
     def __init__(
         self, model_dir: Path | str, batch_size: int = 32, num_threads: int | None = None, backend: str = "auto"
     ) -> None:
-        from transformers import AutoTokenizer
-
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise StanceError(f"{model_dir}: no such model directory; train one with train/train.py")
@@ -89,10 +122,8 @@ class Predictor:
         self.backend = default_backend(model_dir) if backend == "auto" else backend
         threads = num_threads or os.cpu_count() or 1
         self._forward = self._torch_forward(threads) if self.backend == "torch" else self._onnx_forward(threads)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.encoder = Encoder(model_dir)
         self.labels = self.config["labels"]
-        self.prefix = self.config.get("input_prefix", "")
-        self.max_length = int(self.config.get("max_length", 128))
         self.batch_size = batch_size
 
     def _torch_forward(self, threads: int):
@@ -162,27 +193,8 @@ class Predictor:
         return self._forward(encoded["input_ids"], encoded["attention_mask"]), encoded["truncated"]
 
     def encode(self, texts: Sequence[str]) -> dict:
-        """Tokenize with the model's prefix, truncate to its max length, pad; flags truncated rows.
-
-        One tokenizer pass: overflowing pieces reveal truncation and are then dropped.
-        """
-        encoded = self.tokenizer(
-            [self.prefix + text for text in texts],
-            truncation=True,
-            max_length=self.max_length,
-            return_overflowing_tokens=True,
-        )
-        rows_of: dict[int, list[int]] = {}
-        for row, sample in enumerate(encoded["overflow_to_sample_mapping"]):
-            rows_of.setdefault(sample, []).append(row)
-        first = [rows_of[i][0] for i in range(len(texts))]
-        names = ("input_ids", "attention_mask")
-        batch = self.tokenizer.pad({n: [encoded[n][r] for r in first] for n in names}, return_tensors="np")
-        return {
-            "input_ids": batch["input_ids"].astype(np.int64),
-            "attention_mask": batch["attention_mask"].astype(np.int64),
-            "truncated": [len(rows_of[i]) > 1 for i in range(len(texts))],
-        }
+        """The model inputs of `texts` (see :meth:`Encoder.encode`)."""
+        return self.encoder.encode(texts)
 
     def _predict_batch(self, texts: list[str]) -> list[Prediction]:
         probs, truncated = self.probabilities(texts)
