@@ -35,8 +35,11 @@ INT8_MIN_LABEL_AGREEMENT = 0.99
 INT8_MAX_F1_DROP = 0.005
 FP32_MAX_ABS_DIFF = 1e-4
 # An input channel of a weight MatMul whose calibration maximum exceeds this many times the
-# median channel's stays in fp32 (see `quantize`); 6 picks 22 channels in the default model.
-OUTLIER_RATIO = 6.0
+# median channel's stays in fp32 (see `quantize`). Chosen on the validation split of the default
+# model (int8 labels agreeing with torch one sentence at a time, claim type / stance, recipe
+# "all"): 6 picks 22 channels, 3 picks 217 and lifts agreement to 99.85% / 99.54%, for no
+# measurable loss of speed; 2 picks 1,530 and is slower for no gain.
+OUTLIER_RATIO = 3.0
 # int8 variants, fastest first; export keeps the first whose parity holds (see export_and_check).
 INT8_RECIPES = ("all", "all-but-ffn-output", "attention")
 CALIBRATION_SENTENCES = 256
@@ -343,8 +346,10 @@ def parity(
     """Compare the ONNX backends with torch on `texts`: max abs probability difference,
     label agreement, and (with gold labels) macro-F1 per head.
 
-    Batches are formed as the predictor forms them (length-sorted), since int8 results
-    depend slightly on the batch: dynamic quantization scales each batch as a whole.
+    int8 results depend on the batch (dynamic quantization scales each batch as a whole),
+    so int8 labels are compared twice: batched as the predictor batches a long list (what
+    `stance score` and `stance predict` run) and one sentence at a time (a lone HTTP
+    request); `label_agreement` is the lower of the two, and both are reported.
     `known` holds backends' probabilities on `texts` already computed (export reuses
     torch's and fp32's across int8 recipes).
     """
@@ -358,6 +363,7 @@ def parity(
     for backend in ("torch", "onnx", "onnx-int8"):
         if backend not in probabilities:
             probabilities[backend] = Predictor(model_dir, backend=backend).probability_matrices(texts)
+    alone = Predictor(model_dir, backend="onnx-int8", batch_size=1).probability_matrices(texts)
     labels = read_model_config(model_dir)["labels"]
     for backend in ("onnx", "onnx-int8"):
         report: dict = {}
@@ -367,6 +373,10 @@ def parity(
                 "max_abs_diff": float(np.abs(ours - reference).max()),
                 "label_agreement": float((ours.argmax(1) == reference.argmax(1)).mean()),
             }
+            if backend == "onnx-int8":
+                entry["label_agreement_batched"] = entry["label_agreement"]
+                entry["label_agreement_one_at_a_time"] = float((alone[head].argmax(1) == reference.argmax(1)).mean())
+                entry["label_agreement"] = min(entry["label_agreement"], entry["label_agreement_one_at_a_time"])
             if gold is not None:
                 names = np.array(labels[head])
                 entry["macro_f1"] = float(f1_score(gold[head], names[ours.argmax(1)], average="macro"))
