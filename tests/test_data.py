@@ -2,12 +2,13 @@
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from conftest import REPO
 
-from stance.data import assign_splits, read_records, validate_data_dir
+from stance.data import Record, assign_splits, read_records, validate_data_dir
 from stance.errors import StanceError
 
 
@@ -111,6 +112,29 @@ def test_splits_keep_groups_together_and_pin_the_seed(tmp_path: Path) -> None:
     written = [r for r in records if r["source"] == "written"]
     share = sum(r["split"] == "train" for r in written) / len(written)
     assert 0.75 < share < 0.85
+
+
+def test_keep_splits_assigns_only_new_groups(tmp_path: Path) -> None:
+    records = read_records(REPO / "data" / "corpus.jsonl")
+    before = {str(r["id"]): r["split"] for r in records}
+    added = [
+        Record(
+            {"id": f"new-{i}", "text": f"Sentence {i}.", "lang": "en", "claim_type": "other", "stance": "neutral"},
+            "new",
+        )
+        for i in range(40)
+    ]
+    joining = Record({**records[0].fields, "id": "new-joins-a-group"}, "new")
+    joining.fields.pop("split")
+    assign_splits([*records, *added, joining], fractions=(0.9, 0.1, 0.0), keep_splits=True)
+    assert {str(r["id"]): r["split"] for r in records} == before  # nothing moved
+    assert joining["split"] == records[0]["split"]
+    new_splits = Counter(r["split"] for r in added)
+    assert new_splits["test"] == 0 and new_splits["train"] > new_splits["validation"] > 0
+    other_split = "test" if records[0]["split"] != "test" else "train"
+    torn = [Record({**records[0].fields, "id": "x", "split": other_split}, "new")]
+    with pytest.raises(StanceError, match="already spans the splits"):
+        assign_splits([records[0], *torn], keep_splits=True)
 
 
 def test_heldout_sentences_may_not_leak_from_the_corpus(corpus_copy: Path) -> None:

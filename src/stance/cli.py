@@ -306,7 +306,14 @@ def data_agreement(data_dir: Path) -> None:
 @click.option("--fractions", default="0.8,0.1,0.1", show_default=True, help="train,validation,test shares.")
 @click.option("--seed", default=13, show_default=True)
 @click.option("--pin-test-prefix", default="seed-", show_default=True, help="Groups with this prefix go to test.")
-def data_split(inputs: tuple[Path, ...], output: Path, fractions: str, seed: int, pin_test_prefix: str) -> None:
+@click.option(
+    "--keep-splits",
+    is_flag=True,
+    help="Records that have a split keep it; only new groups are assigned (FRACTIONS are their shares).",
+)
+def data_split(
+    inputs: tuple[Path, ...], output: Path, fractions: str, seed: int, pin_test_prefix: str, keep_splits: bool
+) -> None:
     """Assign train/validation/test splits by group and write one JSONL file."""
     from stance.data import assign_splits, read_records, write_records
 
@@ -317,7 +324,9 @@ def data_split(inputs: tuple[Path, ...], output: Path, fractions: str, seed: int
     if len(shares) != 3 or abs(sum(shares) - 1) > 1e-6 or min(shares) < 0:
         raise click.BadParameter("give three shares that add up to 1, e.g. 0.8,0.1,0.1", param_hint="--fractions")
     records = [record for path in inputs for record in read_records(path)]
-    assign_splits(records, fractions=shares, seed=seed, pinned_test_prefix=pin_test_prefix or None)
+    assign_splits(
+        records, fractions=shares, seed=seed, pinned_test_prefix=pin_test_prefix or None, keep_splits=keep_splits
+    )
     write_records(records, output)
     click.echo(f"wrote {len(records)} records to {output}", err=True)
 

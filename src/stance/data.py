@@ -229,6 +229,7 @@ def assign_splits(
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     seed: int = 13,
     pinned_test_prefix: str | None = "seed-",
+    keep_splits: bool = False,
 ) -> None:
     """Give every record a split, by group, stratified by language and labels.
 
@@ -236,15 +237,23 @@ def assign_splits(
     paraphrases and translations) all go to test. The other groups are taken in a
     seeded hash order within each stratum (language, claim type, stance of the group's
     first sentence) and each goes to the split furthest below its share of sentences.
+
+    With `keep_splits`, a group that already has a split keeps it (new members of the
+    group join it) and only new groups are assigned, with `fractions` as their shares:
+    adding data then never moves a sentence between splits, so scores stay comparable.
     """
     groups: dict[str, list[Record]] = defaultdict(list)
     for record in records:
         groups[str(record.get("group") or record.get("id") or record.where)].append(record)
     strata: dict[tuple, list[str]] = defaultdict(list)
     for group, members in groups.items():
-        if pinned_test_prefix and group.startswith(pinned_test_prefix):
+        existing = {str(r.get("split")) for r in members if r.get("split") in SPLITS} if keep_splits else set()
+        if len(existing) > 1:
+            raise StanceError(f"group {group} already spans the splits {', '.join(sorted(existing))}")
+        if existing or (pinned_test_prefix and group.startswith(pinned_test_prefix)):
+            split = existing.pop() if existing else "test"
             for record in members:
-                record.fields["split"] = "test"
+                record.fields["split"] = split
             continue
         head = members[0]
         strata[(head.get("lang"), head.get("claim_type"), head.get("stance"))].append(group)

@@ -109,9 +109,10 @@ class Encoder:
         return {**self.pad(ids), "truncated": truncated}
 
 
-# The fixed cost of one forward pass, in padded tokens: about 1.3 ms per pass against 0.09 ms per
-# token with the int8 graph on a 2-core CPU (`python benchmarks/bench_batching.py` measures both).
-RUN_COST_TOKENS = 14
+# The fixed cost of one forward pass, in padded tokens. `python benchmarks/bench_batching.py`
+# tries 7, 14, 28 and 56 with the int8 graph on a 2-core CPU: 28 was fastest both on groups of 8
+# random sentences (1.32× fixed chunks of 32) and on one long list (1.09×).
+RUN_COST_TOKENS = 28
 
 
 def plan_batches(lengths: Sequence[int], max_batch: int, run_cost: int = RUN_COST_TOKENS) -> list[list[int]]:
