@@ -110,8 +110,9 @@ class Encoder:
 
 
 # The fixed cost of one forward pass, in padded tokens. `python benchmarks/bench_batching.py`
-# tries 7, 14, 28 and 56 with the int8 graph on a 2-core CPU: 28 was fastest both on groups of 8
-# random sentences (1.32× fixed chunks of 32) and on one long list (1.09×).
+# tries 7, 14, 28 and 56 with the int8 graph on a 2-core CPU. Against fixed chunks of 32, 28 gave
+# 1.32× and 1.23× (two models) on groups of 8 random sentences, where 7 and 14 gain less; on one
+# long list every choice is within a few percent of fixed chunks.
 RUN_COST_TOKENS = 28
 
 
