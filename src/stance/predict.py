@@ -122,7 +122,8 @@ def plan_batches(lengths: Sequence[int], max_batch: int, run_cost: int = RUN_COS
     Padding is paid for: a batch costs its size times its longest row. Sorted by length, the
     best batches are contiguous runs, and dynamic programming finds the cut points in
     O(n × max_batch). A mixed batch of short and long sentences (what concurrent HTTP
-    requests bring) is cut in two or three; a long sorted list keeps full batches.
+    requests bring) is cut in two or three; a long list is cut where the length steps up,
+    into batches of one or two dozen.
     """
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     cost = [0.0] + [float("inf")] * len(order)
@@ -141,7 +142,7 @@ def plan_batches(lengths: Sequence[int], max_batch: int, run_cost: int = RUN_COS
 
 
 class Predictor:
-    """A loaded model directory, ready to label sentences in length-sorted batches.
+    """A loaded model directory, ready to label sentences in batches planned by length (`plan_batches`).
 
     `backend` is `torch`, `onnx` (fp32 graph), `onnx-int8`, or `auto`: the fastest
     backend whose parity with torch holds, as recorded by `stance export-onnx`.
