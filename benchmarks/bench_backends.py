@@ -75,8 +75,7 @@ def main() -> None:
     results = {}
     for backend in ("torch", "onnx", "onnx-int8"):
         predictor = Predictor(args.model, backend=backend, batch_size=32)
-        encoded = predictor.encode(texts)
-        lengths = [int(m.sum()) for m in encoded["attention_mask"]]
+        lengths = [len(row) for row in predictor.encoder.tokenize(texts)[0]]
         flops = encoder_flops(config, lengths)
         predictor.predict(texts[:64])  # warm-up
         throughput = []

@@ -56,7 +56,7 @@ def test_save_then_load_gives_the_same_probabilities(tiny_base_model: Path, tmp_
     with torch.no_grad():
         before = model(**encoded)
     predictor = Predictor(tmp_path / "m", backend="torch")
-    after, _ = predictor.probabilities(texts)
+    after = predictor.probability_matrices(texts)
     for head in ("claim_type", "stance"):
         assert torch.allclose(before[f"{head}_logits"].softmax(-1), torch.from_numpy(after[head]), atol=1e-6)
 

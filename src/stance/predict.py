@@ -211,33 +211,25 @@ class Predictor:
                 results[index] = self._prediction(texts[index], probabilities, row, truncated[row])
         return results  # type: ignore[return-value]
 
-    def probability_matrices(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """Unrounded per-head probabilities (rows in input order), batched exactly as `predict` does."""
+    def probability_matrices(self, texts: Sequence[str], batch_size: int | None = None) -> dict[str, np.ndarray]:
+        """Unrounded per-head probabilities (rows in input order), batched exactly as `predict` does
+        (or with batches of at most `batch_size`)."""
         matrices = {head: np.zeros((len(texts), len(self.labels[head])), np.float32) for head in HEADS}
-        for batch, probabilities, _ in self._batched_probabilities(texts):
+        for batch, probabilities, _ in self._batched_probabilities(texts, batch_size or self.batch_size):
             for head in HEADS:
                 matrices[head][batch] = probabilities[head]
         return matrices
 
     def _batched_probabilities(
-        self, texts: Sequence[str]
+        self, texts: Sequence[str], batch_size: int | None = None
     ) -> Iterator[tuple[list[int], dict[str, np.ndarray], list[bool]]]:
         """Tokenize once, plan batches by token length, and run each: (indices, probabilities, truncated)."""
         if isinstance(texts, str):
             raise TypeError("predict() takes a list of sentences, not one string")
         ids, truncated = self.encoder.tokenize(texts) if texts else ([], [])
-        for batch in plan_batches([len(row) for row in ids], self.batch_size):
+        for batch in plan_batches([len(row) for row in ids], batch_size or self.batch_size):
             inputs = self.encoder.pad([ids[i] for i in batch])
             yield batch, self._forward(inputs["input_ids"], inputs["attention_mask"]), [truncated[i] for i in batch]
-
-    def probabilities(self, texts: Sequence[str]) -> tuple[dict[str, np.ndarray], list[bool]]:
-        """Per-head probability matrices (rows in input order) and truncation flags for one batch."""
-        encoded = self.encode(texts)
-        return self._forward(encoded["input_ids"], encoded["attention_mask"]), encoded["truncated"]
-
-    def encode(self, texts: Sequence[str]) -> dict:
-        """The model inputs of `texts` (see :meth:`Encoder.encode`)."""
-        return self.encoder.encode(texts)
 
     def _prediction(self, text: str, probabilities: dict[str, np.ndarray], row: int, truncated: bool) -> Prediction:
         heads = {}
