@@ -83,6 +83,30 @@ def test_training_is_deterministic(tiny_base_model: Path, small_corpus: Path, tm
     assert digest[0] == digest[1]
 
 
+def test_bf16_flag_is_parsed_applied_and_recorded(tiny_base_model: Path, small_corpus: Path, tmp_path: Path) -> None:
+    """--bf16 defaults to the hardware's answer; either way the saved weights stay float32."""
+    from safetensors.torch import load_file
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(TrainArguments)
+    assert [
+        parser.parse_args_into_dataclasses(args=a)[0].bf16 for a in ([], ["--bf16", "true"], ["--bf16", "false"])
+    ] == [
+        None,
+        True,
+        False,
+    ]
+    runs = {
+        bf16: train(_args(small_corpus, tiny_base_model, tmp_path / str(bf16), bf16=bf16)) for bf16 in (True, False)
+    }
+    for bf16, out in runs.items():
+        assert json.loads((out / "stance.json").read_text())["training"]["bf16"] is bf16
+        assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.float32}
+        assert ("bfloat16 mixed" in (out / "README.md").read_text()) is bf16
+    digest = [hashlib.sha256((d / "heads.safetensors").read_bytes()).hexdigest() for d in runs.values()]
+    assert digest[0] != digest[1], "bf16 made no difference: autocast was not applied"
+
+
 def test_other_label_sets(tiny_base_model: Path, tmp_path: Path) -> None:
     """A user's own labels: read from their labels.json, used by the heads and the predictions."""
     corpus = tmp_path / "own"

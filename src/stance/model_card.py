@@ -52,6 +52,7 @@ def write_model_card(model_dir: Path) -> Path:
         f"| max length | {config.get('max_length')} tokens (longer sentences are truncated and flagged) |",
         f"| training sentences | {config.get('train_size')} |",
         f"| training time | {metrics.get('training_seconds')} s |",
+        f"| precision | {'bfloat16 mixed (float32 weights)' if training.get('bf16') else 'float32'} |",
         "",
         "## Use",
         "",

@@ -59,6 +59,14 @@ class TrainArguments:
     freeze_embeddings: bool = field(
         default=True, metadata={"help": "Freeze the word-embedding matrix (halves step time and memory on CPU)."}
     )
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bfloat16 mixed precision, true or false (weights stay float32). Default: on where the "
+            "hardware computes bf16 natively (CPUs with AVX512-BF16 or AMX: about 2x faster steps; "
+            "CUDA GPUs with bf16), else off."
+        },
+    )
     train_languages: list[str] | None = field(
         default=None, metadata={"help": "Train and select on these languages only (e.g. en for a cross-lingual run)."}
     )
@@ -73,6 +81,17 @@ def default_prefix(base_model: str, resolved: str) -> str:
     if (Path(resolved) / PROVENANCE_FILE).is_file() or re.search(r"(^|[-_/])e5([-_]|$)", base_model.lower()):
         return "query: "
     return ""
+
+
+def native_bf16() -> bool:
+    """Whether this machine computes bfloat16 matmuls in hardware (elsewhere autocast to bf16 is slower)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    # torch has no public query for the CPU's bf16 units, only these private ones (absent: assume none)
+    cpu = torch.cpu
+    return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 def _to_dataset(records: list[Record], schema: LabelSchema, tokenizer, prefix: str, max_length: int):
@@ -151,6 +170,7 @@ def train(args: TrainArguments) -> Path:
         loss_weights={"claim_type": args.claim_type_loss_weight, "stance": args.stance_loss_weight},
         class_weights=_balanced_weights(splits["train"], schema) if args.class_weights else None,
     )
+    bf16 = native_bf16() if args.bf16 is None else args.bf16
     datasets = {
         name: _to_dataset(splits[name], schema, tokenizer, prefix, args.max_length) for name in ("train", "validation")
     }
@@ -186,6 +206,9 @@ def train(args: TrainArguments) -> Path:
             save_only_model=True,
             dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available(),
+            bf16=bf16,
+            # transformers only allows bf16 without a GPU when told the run is on the CPU
+            use_cpu=bf16 and not torch.cuda.is_available(),
         )
 
         def compute_metrics(prediction) -> dict[str, float]:
@@ -210,7 +233,7 @@ def train(args: TrainArguments) -> Path:
             "input_prefix": prefix,
             "max_length": args.max_length,
             "base_model": args.base_model,
-            "training": asdict(args),
+            "training": {**asdict(args), "bf16": bf16},
             "train_size": len(splits["train"]),
         }
         trainer.model.eval()
