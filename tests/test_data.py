@@ -151,3 +151,28 @@ def test_heldout_sentences_may_not_leak_from_the_corpus(corpus_copy: Path) -> No
         validate_data_dir(corpus_copy)
     (heldout / "x.jsonl").write_text(json.dumps(fresh | labels) + "\n", encoding="utf-8")
     validate_data_dir(corpus_copy)
+
+
+def test_every_agreement_sample_is_tabled_and_its_adjudication_checked(corpus_copy: Path) -> None:
+    rows = [json.loads(x) for x in (corpus_copy / "corpus.jsonl").read_text(encoding="utf-8").splitlines()][:6]
+    heads = ("claim_type", "stance")
+    flipped = {"claim_type": "other", "stance": "supportive"}
+
+    def write(path: Path, records: list[dict]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+
+    for name, second_label in (("one", None), ("two", flipped)):
+        folder = corpus_copy / "agreement" / name
+        write(folder / "first_pass.jsonl", [{k: r[k] for k in ("id", "lang", "text", *heads)} for r in rows])
+        second = [{"id": r["id"], **{h: r[h] for h in heads}} for r in rows]
+        second[0] |= second_label or {}
+        write(folder / "second_pass.jsonl", second)
+    decision = {"id": rows[0]["id"], "first": {h: rows[0][h] for h in heads}, "second": flipped, "note": "n"}
+    write(corpus_copy / "agreement" / "two" / "adjudication.jsonl", [decision | {"final": flipped}])
+    with pytest.raises(StanceError, match=r"corpus\.jsonl:1: adjudication: labels differ .*two/adjudication\.jsonl:1"):
+        validate_data_dir(corpus_copy)
+    write(corpus_copy / "agreement" / "two" / "adjudication.jsonl", [decision | {"final": decision["first"]}])
+    _, tables = validate_data_dir(corpus_copy, write_datasheet=True)
+    assert "sample `one`: 6 sentences" in tables and "0 disagree" in tables
+    assert "sample `two`: 6 sentences" in tables and "1 disagree" in tables

@@ -294,10 +294,13 @@ def data_validate(data_dir: Path, write_datasheet: bool) -> None:
 @data_group.command("agreement")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data"), show_default=True)
 def data_agreement(data_dir: Path) -> None:
-    """Cohen's kappa per head between the corpus labels and the blind second pass (DATA_DIR/agreement)."""
-    from stance.data import agreement, agreement_table
+    """Cohen's kappa per head between first labels and a blind second pass, per sample in DATA_DIR/agreement/."""
+    from stance.data import agreement, agreement_samples, agreement_table
 
-    click.echo(agreement_table(agreement(data_dir / "agreement")))
+    samples = agreement_samples(data_dir)
+    if not samples:
+        raise StanceError(f"{data_dir}/agreement: no sample folder with a second_pass.jsonl")
+    click.echo("\n".join(agreement_table(agreement(sample), sample.name) for sample in samples))
 
 
 @data_group.command("split")

@@ -341,11 +341,16 @@ def agreement(folder: Path) -> dict:
     return result
 
 
-def agreement_table(result: dict) -> str:
-    """The agreement figures as a Markdown table."""
+def agreement_samples(data_dir: Path) -> list[Path]:
+    """The second-annotator samples of a data folder: each `agreement/<name>/` holding a second pass."""
+    return sorted(path.parent for path in (Path(data_dir) / "agreement").glob("*/second_pass.jsonl"))
+
+
+def agreement_table(result: dict, name: str) -> str:
+    """The agreement figures of the sample `name` as a Markdown table."""
     langs = ", ".join(f"{lang} {n}" for lang, n in sorted(result["languages"].items()))
     lines = [
-        f"Second-annotator sample: {result['n']} sentences ({langs}); "
+        f"Second-annotator sample `{name}`: {result['n']} sentences ({langs}); "
         f"{result['disagreements']} disagree on at least one head.",
         "",
         "| head | Cohen's kappa | raw agreement |",
@@ -405,16 +410,17 @@ def validate_data_dir(data_dir: Path, write_datasheet: bool = False) -> tuple[li
     schema = load_schema(Path(data_dir) / "labels.json")
     records = [record for path in corpus_files(data_dir) for record in read_records(path)]
     problems = validate_corpus(records, schema)
-    agreement_dir = Path(data_dir) / "agreement"
-    if (agreement_dir / "adjudication.jsonl").is_file():
-        check_adjudication(records, agreement_dir, problems)
+    samples = agreement_samples(data_dir)
+    for sample in samples:
+        if (sample / "adjudication.jsonl").is_file():
+            check_adjudication(records, sample, problems)
     heldout = sorted((Path(data_dir) / "heldout").glob("*.jsonl"))
     if heldout:
         check_heldout(records, heldout, schema, problems)
     problems.raise_if_any()
     tables = count_tables(records)
-    if (agreement_dir / "second_pass.jsonl").is_file():
-        tables += "\n**Label quality**\n\n" + agreement_table(agreement(agreement_dir))
+    if samples:
+        tables += "\n**Label quality**\n\n" + "\n".join(agreement_table(agreement(s), s.name) for s in samples)
     if not sync_datasheet(Path(data_dir) / "README.md", tables, write_datasheet):
         raise StanceError(
             f"{data_dir}/README.md: datasheet-stale: its count tables do not match the files; "
