@@ -403,14 +403,20 @@ def export_and_check(
     texts: Sequence[str],
     gold: dict[str, Sequence[str]] | None,
     calibration_texts: Sequence[str],
+    split: str = "validation",
+    reported: dict[str, tuple[Sequence[str], dict[str, Sequence[str]] | None]] | None = None,
 ) -> dict:
-    """Export both graphs, measure parity on `texts`, record it in `onnx.json` and the model card.
+    """Export both graphs, measure parity on `texts` (sentences of `split`), record it in
+    `onnx.json` and the model card.
 
     The int8 graph is built with each recipe of INT8_RECIPES in turn, fastest first, until
-    one passes the parity bar (the last is kept either way); the report records every
-    recipe tried. Parity compares with torch's outputs, so the choice never looks at how
-    right the model is, only at how closely int8 follows it (and at the F1 drop).
-    `calibration_texts` must not overlap the parity set: use training sentences.
+    one passes the parity bar on `texts` (the last is kept either way); the report records
+    every recipe tried. The choice belongs to `split`, a validation split, since choosing is
+    tuning. `reported` maps other splits (the test split) to their sentences and gold
+    labels: the kept graphs' parity on them is measured afterwards and recorded under
+    `reported`. It never picks a recipe, but the bar must hold there too for a backend to
+    become the default (`stance.predict.default_backend`).
+    `calibration_texts` must not overlap any of these: use training sentences.
     """
     from stance.model_card import write_model_card
     from stance.predict import Predictor
@@ -426,7 +432,13 @@ def export_and_check(
         tried[recipe] = {head: report["onnx-int8"][head]["label_agreement"] for head in HEADS}
         if report["int8_can_be_default"]:
             break
-    report |= {"int8_recipe": recipe, "int8_fp32_channels": moved, "int8_label_agreement_by_recipe": tried}
+    report |= {
+        "split": split,
+        "int8_recipe": recipe,
+        "int8_fp32_channels": moved,
+        "int8_label_agreement_by_recipe": tried,
+        "reported": {name: parity(model_dir, *sentences) for name, sentences in (reported or {}).items()},
+    }
     (model_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     write_model_card(model_dir)
     return report
