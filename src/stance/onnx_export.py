@@ -5,8 +5,9 @@
     model.onnx        encoder + mean pooling + both heads + softmax, dynamic batch and length
     model-int8.onnx   the same, weight MatMuls int8 (onnxruntime dynamic quantization) but
                       for a few outlier input channels kept in fp32; the fastest recipe
-                      whose parity holds
-    onnx.json         parity of each against torch on a parity set, and whether int8 may be the default
+                      whose parity holds on the validation split
+    onnx.json         parity of each against torch on the validation split (which chose) and,
+                      under "reported", on the test split; whether int8 may be the default
 
 The export uses `torch.onnx.export(..., dynamo=True)`: optimum does not support
 transformers 5.
