@@ -217,7 +217,7 @@ class Predictor:
         """Unrounded per-head probabilities (rows in input order), batched exactly as `predict` does
         (or with batches of at most `batch_size`)."""
         matrices = {head: np.zeros((len(texts), len(self.labels[head])), np.float32) for head in HEADS}
-        for batch, probabilities, _ in self._batched_probabilities(texts, batch_size or self.batch_size):
+        for batch, probabilities, _ in self._batched_probabilities(texts, batch_size):
             for head in HEADS:
                 matrices[head][batch] = probabilities[head]
         return matrices
