@@ -137,6 +137,38 @@ def test_keep_splits_assigns_only_new_groups(tmp_path: Path) -> None:
         assign_splits([records[0], *torn], keep_splits=True)
 
 
+def test_whole_articles_are_shared_out_per_language_when_stratified_by_language() -> None:
+    labels = [("accusation", "critical"), ("denial", "neutral"), ("other", "neutral"), ("military_report", "neutral")]
+    articles = [
+        [
+            Record(
+                {
+                    "id": f"{lang}-w-{a}-{i}",
+                    "text": f"Sentence {i} of article {a}.",
+                    "lang": lang,
+                    "claim_type": labels[(a + i) % 4][0],
+                    "stance": labels[(a + i) % 4][1],
+                    "source": "article",
+                    "group": f"{lang}-wa-{a}",
+                },
+                "new",
+            )
+            for i in range(10)
+        ]
+        for lang in ("en", "de", "ar")
+        for a in range(4)
+    ]
+    records = [r for article in articles for r in article]
+    assign_splits(records, fractions=(0.75, 0.25, 0.0), stratify=("lang",))
+    assert all(len({r["split"] for r in article}) == 1 for article in articles)  # an article is never cut
+    for lang in ("en", "de", "ar"):
+        splits = Counter(article[0]["split"] for article in articles if article[0]["lang"] == lang)
+        assert splits == {"train": 3, "validation": 1}
+    # by the default strata (the headline's labels) each article is a stratum of its own: all go to train
+    assign_splits(records, fractions=(0.75, 0.25, 0.0))
+    assert {r["split"] for r in records} == {"train"}
+
+
 def test_heldout_sentences_may_not_leak_from_the_corpus(corpus_copy: Path) -> None:
     rows = [json.loads(x) for x in (corpus_copy / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
     heldout = corpus_copy / "heldout"

@@ -334,8 +334,20 @@ def data_agreement(data_dir: Path) -> None:
     is_flag=True,
     help="Records that have a split keep it; only new groups are assigned (FRACTIONS are their shares).",
 )
+@click.option(
+    "--stratify",
+    default="lang,claim_type,stance",
+    show_default=True,
+    help="Fields of a group's first record that define its stratum; 'lang' for groups that are whole articles.",
+)
 def data_split(
-    inputs: tuple[Path, ...], output: Path, fractions: str, seed: int, pin_test_prefix: str, keep_splits: bool
+    inputs: tuple[Path, ...],
+    output: Path,
+    fractions: str,
+    seed: int,
+    pin_test_prefix: str,
+    keep_splits: bool,
+    stratify: str,
 ) -> None:
     """Assign train/validation/test splits by group and write one JSONL file."""
     from stance.data import assign_splits, read_records, write_records
@@ -348,7 +360,12 @@ def data_split(
         raise click.BadParameter("give three shares that add up to 1, e.g. 0.8,0.1,0.1", param_hint="--fractions")
     records = [record for path in inputs for record in read_records(path)]
     assign_splits(
-        records, fractions=shares, seed=seed, pinned_test_prefix=pin_test_prefix or None, keep_splits=keep_splits
+        records,
+        fractions=shares,
+        seed=seed,
+        pinned_test_prefix=pin_test_prefix or None,
+        keep_splits=keep_splits,
+        stratify=tuple(name.strip() for name in stratify.split(",") if name.strip()),
     )
     write_records(records, output)
     click.echo(f"wrote {len(records)} records to {output}", err=True)

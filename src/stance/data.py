@@ -29,7 +29,7 @@ from stance.errors import StanceError
 from stance.labels import HEADS, LabelSchema
 
 SPLITS = ("train", "validation", "test")
-SOURCES = ("seed", "seed-paraphrase", "seed-translation", "written")
+SOURCES = ("seed", "seed-paraphrase", "seed-translation", "written", "article")
 CORPUS_FIELDS = ("id", "text", "lang", "claim_type", "stance", "source", "split", "group")
 MAX_TEXT_CHARS = 1000
 NEAR_DUPLICATE_JACCARD = 0.7
@@ -230,13 +230,16 @@ def assign_splits(
     seed: int = 13,
     pinned_test_prefix: str | None = "seed-",
     keep_splits: bool = False,
+    stratify: Sequence[str] = ("lang", "claim_type", "stance"),
 ) -> None:
     """Give every record a split, by group, stratified by language and labels.
 
     Groups whose id starts with `pinned_test_prefix` (the seed article and its
     paraphrases and translations) all go to test. The other groups are taken in a
-    seeded hash order within each stratum (language, claim type, stance of the group's
-    first sentence) and each goes to the split furthest below its share of sentences.
+    seeded hash order within each stratum (the `stratify` fields of the group's first
+    sentence: language, claim type, stance) and each goes to the split furthest below its
+    share of sentences. Groups that are whole articles have mixed labels: stratify them
+    by language alone, so that each language's articles are shared out.
 
     With `keep_splits`, a group that already has a split keeps it (new members of the
     group join it) and only new groups are assigned, with `fractions` as their shares:
@@ -256,7 +259,7 @@ def assign_splits(
                 record.fields["split"] = split
             continue
         head = members[0]
-        strata[(head.get("lang"), head.get("claim_type"), head.get("stance"))].append(group)
+        strata[tuple(head.get(name) for name in stratify)].append(group)
     for stratum in sorted(strata, key=str):
         order = sorted(strata[stratum], key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
         sizes = Counter()
