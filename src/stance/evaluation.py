@@ -30,18 +30,23 @@ def score_labels(gold: Sequence[str], predicted: Sequence[str], labels: list[str
 def build_report(
     records: Sequence[Record], predicted: dict[str, list[str]], schema: LabelSchema, figures_dir: Path | None, name: str
 ) -> dict:
-    """Overall and per-language metrics for both heads; confusion-matrix PNGs into `figures_dir`."""
-    langs = sorted({str(r.get("lang") or "?") for r in records})
+    """Overall, per-language and (for mixed sources) per-source metrics for both heads;
+    confusion-matrix PNGs into `figures_dir`."""
     report: dict = {"n": len(records), "heads": {}}
+    # Sources differ in kind (single written sentences, whole articles, the seed): a mixed
+    # split's overall score hides how each fares.
+    breakdowns = {"per_language": "lang"}
+    if len({r.get("source") for r in records}) > 1:
+        breakdowns["per_source"] = "source"
     for head in HEADS:
         gold = [str(r[head]) for r in records]
         overall = score_labels(gold, predicted[head], schema[head])
-        per_language = {}
-        for lang in langs:
-            rows = [i for i, r in enumerate(records) if str(r.get("lang") or "?") == lang]
-            scored = score_labels([gold[i] for i in rows], [predicted[head][i] for i in rows], schema[head])
-            per_language[lang] = {k: scored[k] for k in ("n", "accuracy", "macro_f1")}
-        overall["per_language"] = per_language
+        for key, field_name in breakdowns.items():
+            overall[key] = {}
+            for value in sorted({str(r.get(field_name) or "?") for r in records}):
+                rows = [i for i, r in enumerate(records) if str(r.get(field_name) or "?") == value]
+                scored = score_labels([gold[i] for i in rows], [predicted[head][i] for i in rows], schema[head])
+                overall[key][value] = {k: scored[k] for k in ("n", "accuracy", "macro_f1")}
         if figures_dir is not None:
             overall["confusion_png"] = str(
                 save_confusion_png(overall["confusion_matrix"], figures_dir / f"{name}-{head}-confusion.png", head)
@@ -63,10 +68,11 @@ def evaluate_records(
         "stance": [p.stance.label for p in predictions],
     }
     report = build_report(records, predicted, predictor.labels, figures_dir, name)
-    if figures_dir is not None:  # keep paths relative to the model directory, which moves
+    if figures_dir is not None:  # figures inside the model directory, which moves, are named relative to it
         for head in HEADS:
             png = Path(report["heads"][head]["confusion_png"])
-            report["heads"][head]["confusion_png"] = str(png.relative_to(Path(model_dir)))
+            if png.is_relative_to(Path(model_dir)):
+                report["heads"][head]["confusion_png"] = str(png.relative_to(Path(model_dir)))
     return report
 
 
@@ -112,9 +118,14 @@ def report_markdown(report: dict, title: str) -> str:
         for label, row in zip(labels, scores["confusion_matrix"]["matrix"], strict=True):
             lines.append(f"| {label} | " + " | ".join(map(str, row)) + " |")
         lines.append("")
-    lines += ["**per language** (macro-F1)", "", "| lang | n | claim_type | stance |", "|---|---|---|---|"]
     heads = report["heads"]
-    for lang, scores in heads["claim_type"]["per_language"].items():
-        stance = heads["stance"]["per_language"][lang]
-        lines.append(f"| {lang} | {scores['n']} | {scores['macro_f1']:.3f} | {stance['macro_f1']:.3f} |")
-    return "\n".join(lines) + "\n"
+    for key, column in (("per_language", "lang"), ("per_source", "source")):
+        if key not in heads["claim_type"]:
+            continue
+        lines += [f"**{key.replace('_', ' ')}** (macro-F1)", "", f"| {column} | n | claim_type | stance |"]
+        lines.append("|---|---|---|---|")
+        for value, scores in heads["claim_type"][key].items():
+            stance = heads["stance"][key][value]
+            lines.append(f"| {value} | {scores['n']} | {scores['macro_f1']:.3f} | {stance['macro_f1']:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
