@@ -43,7 +43,7 @@ class TrainArguments:
     input_prefix: str | None = field(
         default=None, metadata={"help": "Text put before every sentence; default 'query: ' for e5 models, else ''."}
     )
-    epochs: float = field(default=4.0, metadata={"help": "Training epochs."})
+    epochs: float = field(default=5.0, metadata={"help": "Training epochs."})
     learning_rate: float = field(default=6e-5, metadata={"help": "Peak learning rate (linear decay, warm-up)."})
     warmup_ratio: float = field(default=0.06, metadata={"help": "Share of steps spent warming up."})
     weight_decay: float = field(default=0.01)
