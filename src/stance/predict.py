@@ -53,7 +53,7 @@ class Prediction:
 
 def default_backend(model_dir: Path) -> str:
     """The fastest backend whose parity with torch was measured and holds on every split checked:
-    the split that chose the int8 recipe and the reported ones (see `stance export-onnx`)."""
+    the split that ranked the int8 recipes and the reported ones that gated them (see `stance export-onnx`)."""
     from stance.onnx_export import FP32_FILE, INT8_FILE, REPORT_FILE
 
     report_path = Path(model_dir) / REPORT_FILE
