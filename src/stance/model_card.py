@@ -66,8 +66,8 @@ def write_model_card(model_dir: Path) -> Path:
         "",
         f"Trained on {', '.join(map(str, training.get('data', [])))} (see its datasheet, `data/README.md`): "
         "news-register sentences in en, ru, uk, ar, fr, de, es, tr, derived from a seed article on a UN "
-        "Security Council exchange over Syria and written for other conflicts; splits by group, the seed "
-        "article and its translations in test only.",
+        "Security Council exchange over Syria, written for other conflicts, and whole written articles; splits "
+        "by group (an article is one group), the seed article and its translations in test only.",
         "",
         "## Evaluation",
         "",
