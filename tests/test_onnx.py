@@ -235,7 +235,6 @@ def test_export_cli_chooses_on_validation_and_reports_test(tiny_trained_model: P
 
 
 def test_report_names_the_recipe_kept(onnx_model: tuple[Path, dict]) -> None:
-
     _, report = onnx_model
     tried = report["int8_label_agreement_by_recipe"]
     assert report["int8_recipe"] in INT8_RECIPES and list(tried)[-1] == report["int8_recipe"]
