@@ -7,6 +7,7 @@ that serves users.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,16 +36,15 @@ def build_report(
     report: dict = {"n": len(records), "heads": {}}
     # Sources differ in kind (single written sentences, whole articles, the seed): a mixed
     # split's overall score hides how each fares.
-    breakdowns = {"per_language": "lang"}
+    breakdowns = {"per_language": _rows_by(records, "lang")}
     if len({r.get("source") for r in records}) > 1:
-        breakdowns["per_source"] = "source"
+        breakdowns["per_source"] = _rows_by(records, "source")
     for head in HEADS:
         gold = [str(r[head]) for r in records]
         overall = score_labels(gold, predicted[head], schema[head])
-        for key, field_name in breakdowns.items():
+        for key, groups in breakdowns.items():
             overall[key] = {}
-            for value in sorted({str(r.get(field_name) or "?") for r in records}):
-                rows = [i for i, r in enumerate(records) if str(r.get(field_name) or "?") == value]
+            for value, rows in groups.items():
                 scored = score_labels([gold[i] for i in rows], [predicted[head][i] for i in rows], schema[head])
                 overall[key][value] = {k: scored[k] for k in ("n", "accuracy", "macro_f1")}
         if figures_dir is not None:
@@ -53,6 +53,24 @@ def build_report(
             )
         report["heads"][head] = overall
     return report
+
+
+def _rows_by(records: Sequence[Record], field_name: str) -> dict[str, list[int]]:
+    """Record indices grouped by the value of one field ("?" when missing), values in sorted order."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, record in enumerate(records):
+        groups[str(record.get(field_name) or "?")].append(i)
+    return dict(sorted(groups.items()))
+
+
+def breakdown_rows(report: dict, key: str) -> list[str]:
+    """Markdown table rows `| value | n | claim-type macro-F1 | stance macro-F1 |` of one breakdown
+    of a report (`per_language` or `per_source`)."""
+    heads = report["heads"]
+    return [
+        f"| {value} | {scores['n']} | {scores['macro_f1']:.3f} | {heads['stance'][key][value]['macro_f1']:.3f} |"
+        for value, scores in heads["claim_type"][key].items()
+    ]
 
 
 def evaluate_records(
@@ -118,14 +136,9 @@ def report_markdown(report: dict, title: str) -> str:
         for label, row in zip(labels, scores["confusion_matrix"]["matrix"], strict=True):
             lines.append(f"| {label} | " + " | ".join(map(str, row)) + " |")
         lines.append("")
-    heads = report["heads"]
     for key, column in (("per_language", "lang"), ("per_source", "source")):
-        if key not in heads["claim_type"]:
+        if key not in report["heads"]["claim_type"]:
             continue
         lines += [f"**{key.replace('_', ' ')}** (macro-F1)", "", f"| {column} | n | claim_type | stance |"]
-        lines.append("|---|---|---|---|")
-        for value, scores in heads["claim_type"][key].items():
-            stance = heads["stance"][key][value]
-            lines.append(f"| {value} | {scores['n']} | {scores['macro_f1']:.3f} | {stance['macro_f1']:.3f} |")
-        lines.append("")
+        lines += ["|---|---|---|---|", *breakdown_rows(report, key), ""]
     return "\n".join(lines)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from stance.evaluation import report_markdown
+from stance.evaluation import breakdown_rows, report_markdown
 from stance.labels import HEADS
 from stance.predict import default_backend
 
@@ -102,11 +102,7 @@ def write_model_card(model_dir: Path) -> Path:
     if crosslingual:
         lines += ["## Cross-lingual transfer: trained on English only, test split per language", ""]
         lines += ["| lang | n | claim_type macro-F1 | stance macro-F1 |", "|---|---|---|---|"]
-        heads = crosslingual["heads"]
-        for lang, scores in heads["claim_type"]["per_language"].items():
-            stance = heads["stance"]["per_language"][lang]
-            lines.append(f"| {lang} | {scores['n']} | {scores['macro_f1']:.3f} | {stance['macro_f1']:.3f} |")
-        lines.append("")
+        lines += [*breakdown_rows(crosslingual, "per_language"), ""]
     if onnx:
         lines += [
             "## Fast CPU inference (ONNX Runtime)",
