@@ -170,7 +170,7 @@ def test_export_refuses_to_calibrate_on_the_parity_split(tiny_trained_model: Pat
     assert "Traceback" not in result.stderr
 
 
-def test_parity_on_the_reported_split_is_recorded_but_never_chooses(onnx_model: tuple[Path, dict]) -> None:
+def test_parity_on_the_reported_split_is_recorded_for_the_kept_graphs(onnx_model: tuple[Path, dict]) -> None:
     folder, report = onnx_model
     assert report["split"] == "validation" and set(report["reported"]) == {"test"}
     test = report["reported"]["test"]

@@ -240,13 +240,14 @@ def serve(model: str | None, host: str, port: int) -> None:
     "--split",
     default="validation",
     show_default=True,
-    help="Split whose sentences choose the int8 recipe and decide the default backend.",
+    help="Split whose sentences rank the int8 recipes (fastest first) and decide the default backend.",
 )
 @click.option(
     "--report-split",
     default="test",
     show_default=True,
-    help="Split the kept graphs' parity is also measured and recorded on, never used to choose ('' for none).",
+    help="Split that gates the int8 recipe (the bar must hold there too, else a slower recipe is tried); "
+    "it never ranks ('' for none).",
 )
 @click.option(
     "--calibration-split",
@@ -258,8 +259,9 @@ def export_onnx(model_dir: Path, data: tuple[str, ...], split: str, report_split
     """Export MODEL_DIR to ONNX (fp32 and int8), check parity with torch, record it in onnx.json.
 
     The int8 recipe is the fastest whose labels agree with torch on at least 99% of the
-    --split sentences with macro-F1 within 0.5 points on each head; int8 becomes the default
-    backend only if that bar also holds on the --report-split sentences.
+    --split sentences with macro-F1 within 0.5 points on each head, and on the
+    --report-split sentences too; int8 becomes the default backend only if the kept
+    recipe holds that bar on both.
     """
     from stance.data import load_labelled_splits
     from stance.labels import HEADS
