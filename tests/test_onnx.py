@@ -29,10 +29,15 @@ def onnx_model(tiny_trained_model: Path, tmp_path_factory: pytest.TempPathFactor
     return folder, report
 
 
+def train_texts() -> list[str]:
+    """The training sentences of the bundled corpus."""
+    lines = (Path(__file__).parents[1] / "data" / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
+    return [r["text"] for r in map(json.loads, lines) if r["split"] == "train"]
+
+
 def calibration_texts() -> list[str]:
     """Training sentences of the bundled corpus: never the parity sentences."""
-    lines = (Path(__file__).parents[1] / "data" / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
-    return [r["text"] for r in map(json.loads, lines) if r["split"] == "train"][:96]
+    return train_texts()[:96]
 
 
 def test_export_writes_both_graphs_and_the_report(onnx_model: tuple[Path, dict]) -> None:
@@ -202,8 +207,7 @@ def test_a_failed_bar_on_the_reported_split_keeps_int8_from_the_default(
 def test_a_failed_test_gate_sends_export_on_to_slower_recipes(tiny_trained_model: Path, tmp_path: Path) -> None:
     folder = tmp_path / "model"
     shutil.copytree(tiny_trained_model, folder)
-    lines = (Path(__file__).parents[1] / "data" / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
-    many = [r["text"] for r in map(json.loads, lines) if r["split"] == "train"][1000:1400]
+    many = train_texts()[1000:1400]
     two = [r["text"] for r in seed_records()[:2]]
     # two validation sentences agree with torch under every recipe; 400 others do not all agree
     report = export_and_check(
